@@ -1,0 +1,49 @@
+//! The contract shared by the webhook, `proxy-waiter` and `delegate-sync`.
+//!
+//! It holds only names and formats, no client or network code, so that `proxy-waiter` can
+//! depend on it and stay tiny. The keys are the 2019 design's so that existing workflow
+//! YAML keeps working unchanged.
+
+/// Domain of every annotation and label the product reads or writes.
+pub const DOMAIN: &str = "multicluster.admiralty.io";
+
+/// Pod annotation that elects a pod for delegation. Presence is enough; the value is ignored.
+pub const ELECT: &str = "multicluster.admiralty.io/elect";
+
+/// Pod annotation that pins the delegate to a named target cluster.
+pub const CLUSTER_NAME: &str = "multicluster.admiralty.io/clustername";
+
+/// Proxy annotation holding the original pod, saved by the webhook.
+pub const SOURCEPOD_MANIFEST: &str = "multicluster.admiralty.io/sourcepod-manifest";
+
+/// Namespace label that opts a namespace in to the webhook.
+pub const NAMESPACE_OPT_IN_LABEL: &str = "multicluster-scheduler";
+
+/// Value of [`NAMESPACE_OPT_IN_LABEL`] that opts a namespace in.
+pub const NAMESPACE_OPT_IN_VALUE: &str = "enabled";
+
+/// True when `key` is one of the product's own annotation or label keys.
+pub fn is_own_key(key: &str) -> bool {
+    key.split_once('/')
+        .is_some_and(|(prefix, _)| prefix == DOMAIN || prefix.ends_with(&format!(".{DOMAIN}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_product_domain() {
+        for key in [ELECT, CLUSTER_NAME, SOURCEPOD_MANIFEST] {
+            assert!(is_own_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn foreign_keys_are_not_ours() {
+        assert!(!is_own_key("workflows.argoproj.io/outputs"));
+        assert!(!is_own_key("evilmulticluster.admiralty.io/elect"));
+        assert!(!is_own_key("multicluster.admiralty.io"));
+        assert!(is_own_key("testbed.multicluster.admiralty.io/run-for"));
+    }
+}

@@ -1,0 +1,399 @@
+//! Start, attach to and stop a test bed of N local clusters.
+//!
+//! The state directory (default `target/testbed/`) holds one directory per cluster (PKI,
+//! etcd data, logs), the admin `kubeconfig` with contexts `cluster1`..`clusterN`, and
+//! `state.json` with the pids of every process, so that another command or test can attach to
+//! the test bed and `testbed down` can stop it.
+
+mod cluster;
+pub mod kubeconfig;
+mod pki;
+pub mod preset;
+mod process;
+mod tools;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use futures::future::try_join_all;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::{Node, Pod, ServiceAccount},
+};
+use kube::{Api, Client, api::ListParams};
+use serde::{Deserialize, Serialize};
+
+pub use cluster::ClusterState;
+pub use kubeconfig::{Credentials, Entry};
+pub use preset::Preset;
+pub use tools::{TOOLS_BIN_ENV, Tools};
+
+/// How to bring a test bed up.
+#[derive(Clone, Debug)]
+pub struct TestbedConfig {
+    /// State directory.
+    pub dir: PathBuf,
+    /// Number of clusters, named `cluster1`..`clusterN`.
+    pub clusters: usize,
+    pub preset: Preset,
+    pub tools: Tools,
+    /// Directory of kwok Stage YAML files (every `*.yaml` in it is loaded).
+    pub stages_dir: PathBuf,
+}
+
+impl TestbedConfig {
+    /// `clusters` clusters with the blog preset, tools from `make tools`, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, clusters: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: dir.into(),
+            clusters,
+            preset: Preset::blog(),
+            tools: Tools::locate()?,
+            stages_dir: default_stages_dir(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    clusters: Vec<ClusterState>,
+}
+
+/// A running test bed.
+#[derive(Debug)]
+pub struct Testbed {
+    dir: PathBuf,
+    state: State,
+}
+
+/// The workspace's `target/` directory (or `$CARGO_TARGET_DIR`).
+pub fn workspace_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            workspace.canonicalize().unwrap_or(workspace).join("target")
+        })
+}
+
+/// The shared test bed's state directory: `$TESTBED_DIR`, else `target/testbed`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("TESTBED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_target_dir().join("testbed"))
+}
+
+fn default_stages_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/stages")
+}
+
+impl Testbed {
+    /// Brings the test bed up, or reuses it when one with the same clusters is already healthy.
+    pub async fn up(config: &TestbedConfig) -> anyhow::Result<Self> {
+        if let Ok(existing) = Self::attach(&config.dir)
+            && existing.state.clusters.len() == config.clusters
+            && existing.check().await.is_ok()
+        {
+            tracing::info!(dir = %config.dir.display(), "test bed already up");
+            return Ok(existing);
+        }
+        Self::down(&config.dir)?;
+        fs::create_dir_all(&config.dir)
+            .with_context(|| format!("cannot create {}", config.dir.display()))?;
+        let kwok_config = write_kwok_config(&config.dir, &config.stages_dir)?;
+        let names: Vec<String> = (1..=config.clusters)
+            .map(|i| format!("cluster{i}"))
+            .collect();
+        let dirs: Vec<PathBuf> = names.iter().map(|name| config.dir.join(name)).collect();
+        let started = futures::future::join_all(
+            names
+                .iter()
+                .zip(&dirs)
+                .map(|(name, dir)| cluster::start(name, dir, &config.tools, &kwok_config)),
+        )
+        .await;
+        let (clusters, errors): (Vec<_>, Vec<_>) = started.into_iter().partition(Result::is_ok);
+        let testbed = Self {
+            dir: config.dir.clone(),
+            state: State {
+                clusters: clusters.into_iter().filter_map(Result::ok).collect(),
+            },
+        };
+        testbed.save()?;
+        let result = match errors.into_iter().next() {
+            Some(Err(e)) => Err(e),
+            _ => testbed.populate(&config.preset).await,
+        };
+        if let Err(e) = result {
+            // Keep the logs for the post-mortem; the next `up` or `down` removes them.
+            testbed.stop_processes();
+            return Err(e.context(format!(
+                "test bed failed to start; logs are in {}",
+                config.dir.display()
+            )));
+        }
+        Ok(testbed)
+    }
+
+    /// Attaches to the test bed whose state is in `dir`, without checking its health.
+    pub fn attach(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("state.json");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("no test bed in {} (run `make testbed-up`)", dir.display()))?;
+        let state = serde_json::from_str(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// Stops every process of the test bed in `dir` and removes its state. A no-op when there is none.
+    pub fn down(dir: &Path) -> anyhow::Result<()> {
+        if let Ok(testbed) = Self::attach(dir) {
+            testbed.stop_processes();
+        }
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn stop_processes(&self) {
+        let processes: Vec<_> = self
+            .state
+            .clusters
+            .iter()
+            .flat_map(|c| c.processes.clone())
+            .collect();
+        process::stop_all(&processes, Duration::from_secs(10));
+    }
+
+    /// Ok when every process runs and every apiserver answers ready.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        for c in &self.state.clusters {
+            if let Some(p) = c.stopped_process() {
+                bail!(
+                    "{}: {} is not running; last lines of {}:\n{}",
+                    c.name,
+                    p.name,
+                    p.log.display(),
+                    p.log_tail(10)
+                );
+            }
+            let client = self.client(&c.name).await?;
+            let body = client
+                .request_text(http::Request::get("/readyz").body(Vec::new())?)
+                .await
+                .with_context(|| format!("{}: kube-apiserver does not answer", c.name))?;
+            if body.trim() != "ok" {
+                bail!("{}: kube-apiserver not ready: {body}", c.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin kubeconfig, with a context per cluster.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Cluster names, `cluster1`..`clusterN`.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.state.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The state of one cluster.
+    pub fn cluster(&self, name: &str) -> anyhow::Result<&ClusterState> {
+        self.state
+            .clusters
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| {
+                format!(
+                    "no cluster {name:?} in the test bed (have {:?})",
+                    self.cluster_names()
+                )
+            })
+    }
+
+    /// An admin client for one cluster.
+    pub async fn client(&self, cluster: &str) -> anyhow::Result<Client> {
+        self.cluster(cluster)?;
+        kubeconfig::client(&self.kubeconfig_path(), cluster).await
+    }
+
+    /// A kubeconfig (one context, named like the cluster) that authenticates as a
+    /// ServiceAccount with a token valid for `ttl`. The ServiceAccount must exist.
+    pub async fn service_account_kubeconfig(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        let state = self.cluster(cluster)?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(cluster).await?, namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(i64::try_from(ttl.as_secs())?),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let response = accounts
+            .create_token_request(service_account, &Default::default(), &request)
+            .await
+            .with_context(|| format!("cannot get a token for ServiceAccount {namespace}/{service_account} in {cluster}"))?;
+        let token = response
+            .status
+            .context("token request returned no status")?
+            .token;
+        let entry = Entry {
+            credentials: Credentials::Token(token),
+            ..state.admin_entry()
+        };
+        kubeconfig::render(
+            &[entry],
+            &format!("{namespace}-{service_account}"),
+            Some(namespace),
+        )
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let entries: Vec<Entry> = self
+            .state
+            .clusters
+            .iter()
+            .map(ClusterState::admin_entry)
+            .collect();
+        certs::write_atomically(
+            &self.kubeconfig_path(),
+            kubeconfig::render(&entries, "admin", None)?.as_bytes(),
+        )?;
+        certs::write_atomically(
+            &self.dir.join("state.json"),
+            serde_json::to_string_pretty(&self.state)?.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// Creates the preset's nodes and placeholder pods and waits until every cluster is usable:
+    /// nodes Ready and untainted, placeholders running, default ServiceAccounts present.
+    async fn populate(&self, preset: &Preset) -> anyhow::Result<()> {
+        try_join_all(self.state.clusters.iter().map(|c| async move {
+            let client = self.client(&c.name).await?;
+            preset::apply(&client, &c.name, preset).await?;
+            wait_until(&c.name, "default ServiceAccounts exist", || {
+                let client = client.clone();
+                async move {
+                    let default: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+                    let system: Api<ServiceAccount> =
+                        Api::namespaced(client, preset::SYSTEM_NAMESPACE);
+                    Ok(default.get_opt("default").await?.is_some()
+                        && system.get_opt("default").await?.is_some())
+                }
+            })
+            .await?;
+            preset::apply_system_pods(&client, &c.name, preset).await?;
+            wait_until(&c.name, "nodes Ready and placeholder pods Running", || {
+                let client = client.clone();
+                async move { cluster_usable(&client, preset.nodes_per_cluster).await }
+            })
+            .await
+        }))
+        .await?;
+        Ok(())
+    }
+}
+
+async fn cluster_usable(client: &Client, nodes_expected: usize) -> anyhow::Result<bool> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let ready = nodes.items.iter().filter(|n| node_ready(n)).count();
+    let pods = Api::<Pod>::namespaced(client.clone(), preset::SYSTEM_NAMESPACE)
+        .list(&ListParams::default())
+        .await?;
+    let running = pods
+        .items
+        .iter()
+        .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+    Ok(ready == nodes_expected && running)
+}
+
+/// Ready, and without the taints the node lifecycle controller puts on nodes that are not.
+pub fn node_ready(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/")));
+    ready && !tainted
+}
+
+const POPULATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn wait_until<F, Fut>(cluster: &str, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + POPULATE_TIMEOUT;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() > deadline {
+            let why = last_error
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
+            bail!("{cluster}: not the case within {POPULATE_TIMEOUT:?}: {what}{why}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Concatenates every Stage file of `stages_dir` into the kwok config kwok is started with.
+fn write_kwok_config(dir: &Path, stages_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(stages_dir)
+        .with_context(|| format!("cannot read kwok stages in {}", stages_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = BTreeMap::new();
+    for file in files {
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        docs.insert(file, text);
+    }
+    let config = docs
+        .values()
+        .map(|d| d.trim())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let path = dir.join("kwok.yaml");
+    fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}

@@ -1,0 +1,106 @@
+//! The test bed's processes: started detached (own process group, logs in a file) so that they
+//! outlive `testbed up`, and stopped by the pids recorded in the state file.
+
+use std::{
+    fs::{self, File},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitPidFlag, waitpid},
+    },
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+/// A process the test bed started.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub name: String,
+    pub pid: i32,
+    pub log: PathBuf,
+    /// A string of its command line that proves a recorded pid is still ours (pids are reused).
+    pub marker: String,
+}
+
+/// Starts `program` detached from our process group, stdout and stderr to `log`.
+pub fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    marker: &str,
+) -> anyhow::Result<ProcessRecord> {
+    let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+    Ok(ProcessRecord {
+        name: name.to_string(),
+        pid: i32::try_from(child.id()).context("pid out of range")?,
+        log: log.to_path_buf(),
+        marker: marker.to_string(),
+    })
+}
+
+impl ProcessRecord {
+    /// True while the process runs and is the one we started.
+    pub fn is_running(&self) -> bool {
+        reap(self.pid);
+        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", self.pid)) else {
+            return false;
+        };
+        let zombie = fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        !zombie && String::from_utf8_lossy(&cmdline).contains(&self.marker)
+    }
+
+    /// The last `lines` lines of its log, to explain a failure.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// Sends SIGTERM to every running process, waits up to `grace`, then SIGKILLs what is left.
+pub fn stop_all(processes: &[ProcessRecord], grace: Duration) {
+    let running: Vec<&ProcessRecord> = processes.iter().filter(|p| p.is_running()).collect();
+    for p in &running {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && running.iter().any(|p| p.is_running()) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for p in running.iter().filter(|p| p.is_running()) {
+        tracing::warn!(name = %p.name, pid = p.pid, "did not stop on SIGTERM; killing");
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        thread::sleep(Duration::from_millis(50));
+        reap(p.pid);
+    }
+}
+
+/// Collects the exit status of a child of ours so it does not linger as a zombie; a no-op for
+/// processes that are not our children.
+fn reap(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the test bed's Go tools from their pinned modules, once per version.
+#
+#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm)
+#
+# Binaries are cached outside the checkout, keyed by the tool's go.mod and go.sum, so a
+# fresh clone on the same machine (CI) reuses them; target/tools/bin gets symlinks.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cache="${DELEGATE_PODS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/delegate-pods/tools}"
+links="$root/target/tools/bin"
+export GOFLAGS="${GOFLAGS:--buildvcs=false} -mod=mod"
+export CGO_ENABLED=0
+
+# version_of MODULE DIR: the version DIR/go.mod requires
+version_of() { awk -v m="$1" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$2/go.mod"; }
+
+build_tool() {
+  local tool="$1" dir="$here/$1" key out started
+  key="$({ cat "$dir/go.mod" "$dir/go.sum"; declare -f "build_$tool"; } | sha256sum | cut -c1-12)"
+  out="$cache/$tool-$key"
+  mkdir -p "$links"
+  if [[ -f "$out/.complete" ]]; then
+    echo "tools: $tool cached in $out"
+  else
+    started=$SECONDS
+    echo "tools: building $tool into $out (first time on this machine; this takes a while)"
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    (cd "$dir" && "build_$tool" "$out.tmp")
+    rm -rf "$out" && mv "$out.tmp" "$out" && touch "$out/.complete"
+    echo "tools: built $tool in $((SECONDS - started)) s"
+  fi
+  for b in "$out"/*; do ln -sfn "$b" "$links/$(basename "$b")"; done
+}
+
+build_kubernetes() {
+  local v; v="$(version_of k8s.io/kubernetes .)"
+  local ld="-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1"
+  ld+=" -X k8s.io/component-base/version.gitMinor=$(echo "$v" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
+  go build -trimpath -ldflags "$ld" -o "$1/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager
+}
+
+build_etcd() {
+  local v; v="$(version_of go.etcd.io/etcd/server/v3 .)"
+  go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.Version=${v#v}" -o "$1/etcd" go.etcd.io/etcd/server/v3
+}
+
+build_kwok() {
+  go build -trimpath -ldflags "-s -w" -o "$1/kwok" sigs.k8s.io/kwok/cmd/kwok
+}
+
+build_helm() {
+  local v; v="$(version_of helm.sh/helm/v3 .)"
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" -o "$1/helm" helm.sh/helm/v3/cmd/helm
+}
+
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm)
+for t in "${tools[@]}"; do build_tool "$t"; done
