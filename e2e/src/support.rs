@@ -247,12 +247,12 @@ async fn start_private() -> anyhow::Result<Testbed> {
 
 extern "C" fn stop_private() {
     let dir = PRIVATE_DIR.lock().ok().and_then(|mut d| d.take());
-    if let Some(dir) = dir {
-        if let Err(e) = Testbed::down(&dir) {
-            eprintln!(
-                "warning: could not stop the private test bed in {}: {e:#}",
-                dir.display()
-            );
-        }
+    if let Some(dir) = dir
+        && let Err(e) = Testbed::down(&dir)
+    {
+        eprintln!(
+            "warning: could not stop the private test bed in {}: {e:#}",
+            dir.display()
+        );
     }
 }

@@ -54,24 +54,47 @@ impl ClusterState {
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts every component of cluster `name` in `dir` and waits until the apiserver is ready.
-/// On failure, stops what it started.
+/// A failed attempt is stopped and retried with fresh ports, since a port picked as free can
+/// be taken by another process before our component binds it.
 pub async fn start(
     name: &str,
     dir: &Path,
     tools: &Tools,
     kwok_config: &Path,
 ) -> anyhow::Result<ClusterState> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        match start_once(name, dir, tools, kwok_config).await {
+            Ok(state) => return Ok(state),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(cluster = name, attempt, "start failed, retrying: {e:#}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn start_once(
+    name: &str,
+    dir: &Path,
+    tools: &Tools,
+    kwok_config: &Path,
+) -> anyhow::Result<ClusterState> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clean {}", dir.display()))?;
+    }
     std::fs::create_dir_all(dir.join("etcd"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     pki::create(dir, name)?;
-    let marker = dir.display().to_string();
     let mut state = ClusterState {
         name: name.to_string(),
         dir: dir.to_path_buf(),
         server: String::new(),
         processes: Vec::new(),
     };
-    let result = start_components(&mut state, tools, kwok_config, &marker).await;
+    let result = start_components(&mut state, tools, kwok_config).await;
     if result.is_err() {
         process::stop_all(&state.processes, Duration::from_secs(5));
     }
@@ -82,7 +105,6 @@ async fn start_components(
     state: &mut ClusterState,
     tools: &Tools,
     kwok_config: &Path,
-    marker: &str,
 ) -> anyhow::Result<()> {
     let dir = state.dir.clone();
     let path = |f: &str| dir.join(f).display().to_string();
@@ -114,7 +136,6 @@ async fn start_components(
             "--log-level=warn".into(),
         ],
         &dir.join("etcd.log"),
-        marker,
     )?;
     state.processes.push(etcd);
     wait_for_port(etcd_client, &state.processes[0]).await?;
@@ -146,7 +167,6 @@ async fn start_components(
             "-v=1".into(),
         ],
         &dir.join("kube-apiserver.log"),
-        marker,
     )?;
     state.processes.push(kube_apiserver);
     std::fs::write(
@@ -174,7 +194,6 @@ async fn start_components(
             "-v=1".into(),
         ],
         &dir.join("kube-controller-manager.log"),
-        marker,
     )?;
     state.processes.push(controller_manager);
     let scheduler = process::spawn(
@@ -187,7 +206,6 @@ async fn start_components(
             "-v=1".into(),
         ],
         &dir.join("kube-scheduler.log"),
-        marker,
     )?;
     state.processes.push(scheduler);
     let kwok = process::spawn(
@@ -202,7 +220,6 @@ async fn start_components(
             "--node-lease-duration-seconds=40".into(),
         ],
         &dir.join("kwok.log"),
-        marker,
     )?;
     state.processes.push(kwok);
     Ok(())

@@ -26,8 +26,9 @@ pub struct ProcessRecord {
     pub name: String,
     pub pid: i32,
     pub log: PathBuf,
-    /// A string of its command line that proves a recorded pid is still ours (pids are reused).
-    pub marker: String,
+    /// Its start time in clock ticks since boot, which tells a recorded pid that is still ours
+    /// from a reused one.
+    pub start_ticks: u64,
 }
 
 /// Starts `program` detached from our process group, stdout and stderr to `log`.
@@ -36,7 +37,6 @@ pub fn spawn(
     program: &Path,
     args: &[String],
     log: &Path,
-    marker: &str,
 ) -> anyhow::Result<ProcessRecord> {
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
@@ -48,11 +48,13 @@ pub fn spawn(
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {name} ({})", program.display()))?;
+    let pid = i32::try_from(child.id()).context("pid out of range")?;
+    let (_, start_ticks) = stat(pid).with_context(|| format!("{name} vanished as it started"))?;
     Ok(ProcessRecord {
         name: name.to_string(),
-        pid: i32::try_from(child.id()).context("pid out of range")?,
+        pid,
         log: log.to_path_buf(),
-        marker: marker.to_string(),
+        start_ticks,
     })
 }
 
@@ -60,17 +62,7 @@ impl ProcessRecord {
     /// True while the process runs and is the one we started.
     pub fn is_running(&self) -> bool {
         reap(self.pid);
-        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", self.pid)) else {
-            return false;
-        };
-        let zombie = fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        !zombie && String::from_utf8_lossy(&cmdline).contains(&self.marker)
+        stat(self.pid).is_some_and(|(state, start)| state != 'Z' && start == self.start_ticks)
     }
 
     /// The last `lines` lines of its log, to explain a failure.
@@ -97,6 +89,18 @@ pub fn stop_all(processes: &[ProcessRecord], grace: Duration) {
         thread::sleep(Duration::from_millis(50));
         reap(p.pid);
     }
+}
+
+/// State letter and start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may contain spaces: fields are counted after it.
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 of stat is starttime; `rest` starts at field 3.
+    let start = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// Collects the exit status of a child of ours so it does not linger as a zombie; a no-op for
