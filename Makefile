@@ -44,7 +44,7 @@ lint: prerequisites ## Formatting and clippy (warnings are errors)
 test: prerequisites lint tools $(TESTBED) ## Everything CI checks: lint, unit and integration tests on a test bed
 	@trap 'TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
 	TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) up --clusters 2; \
-	TESTBED_DIR=$(TEST_TESTBED_DIR) $(CARGO) test --workspace --locked
+	TESTBED_DIR=$(TEST_TESTBED_DIR) $(CARGO) test --workspace --locked --no-fail-fast
 
 .PHONY: bench
 bench: tools $(TESTBED) ## Benchmarks; results under target/bench/
