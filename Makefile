@@ -7,6 +7,10 @@ CLUSTERS ?= 2
 # `make test` uses a test bed of its own so that it never stops one you brought up by hand.
 TEST_TESTBED_DIR := $(CURDIR)/target/testbed-test
 TESTBED := target/debug/testbed
+# The shipped proxy-waiter: no std, glibc linked statically, size-optimised (see proxy-waiter/).
+WAITER := target/x86_64-unknown-linux-gnu/waiter/proxy-waiter
+WAITER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static -C link-arg=-lgcc_eh -C link-arg=-lgcc
+APT_PACKAGES := buildah busybox-static
 CARGO ?= cargo
 
 .PHONY: help
@@ -19,6 +23,23 @@ prerequisites: ## Install what a fresh machine lacks (Rust components; Go must b
 	@command -v cargo >/dev/null || { echo "Rust (rustup) is required" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+.PHONY: packages
+packages: ## Install the Debian packages that images and benchmarks use
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+.PHONY: waiter
+waiter: ## Build the shipped static proxy-waiter and print its size
+	@RUSTFLAGS="$(WAITER_RUSTFLAGS)" $(CARGO) build --quiet --locked --profile waiter -p proxy-waiter \
+	  --features tiny --target x86_64-unknown-linux-gnu
+	@echo "proxy-waiter: $$(stat -c %s $(WAITER)) bytes (static, stripped): $(WAITER)"
+
+.PHONY: images
+images: waiter packages ## OCI archives under target/images/ (buildah, no daemon)
+	@e2e/images/build.sh proxy-waiter $(WAITER)
 
 .PHONY: tools
 tools: ## Build the pinned Kubernetes, etcd, kwok and helm binaries (cached by version)
@@ -39,16 +60,23 @@ testbed-down: $(TESTBED) ## Stop the test bed and remove its state
 lint: prerequisites ## Formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --profile waiter -p proxy-waiter --features tiny --bin proxy-waiter --locked -- -D warnings
 
 .PHONY: test
-test: prerequisites lint tools $(TESTBED) ## Everything CI checks: lint, unit and integration tests on a test bed
+test: prerequisites lint tools $(TESTBED) waiter ## Everything CI checks: lint, unit and integration tests on a test bed
 	@trap 'TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
 	TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) up --clusters 2; \
 	TESTBED_DIR=$(TEST_TESTBED_DIR) $(CARGO) test --workspace --locked --no-fail-fast
+	@echo "proxy-waiter process tests against the shipped static binary:"
+	PROXY_WAITER_BIN=$(CURDIR)/$(WAITER) $(CARGO) test --locked -p proxy-waiter --test process
+	@size=$$(stat -c %s $(WAITER)); [ $$size -le 1048576 ] || { echo "proxy-waiter is $$size bytes, over 1 MiB" >&2; exit 1; }
 
 .PHONY: bench
-bench: tools $(TESTBED) ## Benchmarks; results under target/bench/
+bench: tools $(TESTBED) waiter packages ## Benchmarks; results in target/bench/summary.md (BENCH_QUICK=1: shorter)
+	@rm -f target/bench/*.json
 	@e2e/bench/testbed-startup.sh
+	@e2e/bench/waiter_footprint.py
+	@e2e/bench/summary.py
 
 .PHONY: demo
 demo: testbed-up ## The blog's scenarios on local clusters (scenarios arrive with issue #7)

@@ -4,6 +4,15 @@
 //! depend on it and stay tiny. The keys are the 2019 design's so that existing workflow
 //! YAML keeps working unchanged.
 
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod downward;
+pub mod result;
+
 /// Domain of every annotation and label the product reads or writes.
 pub const DOMAIN: &str = "multicluster.admiralty.io";
 
@@ -16,6 +25,10 @@ pub const CLUSTER_NAME: &str = "multicluster.admiralty.io/clustername";
 /// Proxy annotation holding the original pod, saved by the webhook.
 pub const SOURCEPOD_MANIFEST: &str = "multicluster.admiralty.io/sourcepod-manifest";
 
+/// Proxy annotation holding the delegate's result ([`result::DelegateResult`]), written by
+/// `delegate-sync` and read by `proxy-waiter` through the downward API.
+pub const RESULT: &str = "multicluster.admiralty.io/result";
+
 /// Namespace label that opts a namespace in to the webhook.
 pub const NAMESPACE_OPT_IN_LABEL: &str = "multicluster-scheduler";
 
@@ -24,8 +37,12 @@ pub const NAMESPACE_OPT_IN_VALUE: &str = "enabled";
 
 /// True when `key` is one of the product's own annotation or label keys.
 pub fn is_own_key(key: &str) -> bool {
-    key.split_once('/')
-        .is_some_and(|(prefix, _)| prefix == DOMAIN || prefix.ends_with(&format!(".{DOMAIN}")))
+    key.split_once('/').is_some_and(|(prefix, _)| {
+        prefix == DOMAIN
+            || prefix
+                .strip_suffix(DOMAIN)
+                .is_some_and(|sub| sub.ends_with('.'))
+    })
 }
 
 #[cfg(test)]
