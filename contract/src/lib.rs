@@ -11,6 +11,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod downward;
+#[cfg(feature = "integrity")]
+pub mod manifest;
 pub mod result;
 
 /// Domain of every annotation and label the product reads or writes.
@@ -28,6 +30,12 @@ pub const SOURCEPOD_MANIFEST: &str = "multicluster.admiralty.io/sourcepod-manife
 /// Proxy annotation holding the delegate's result ([`result::DelegateResult`]), written by
 /// `delegate-sync` and read by `proxy-waiter` through the downward API.
 pub const RESULT: &str = "multicluster.admiralty.io/result";
+
+/// Label on every proxy pod (value `true`).
+pub const PROXY_LABEL: &str = "multicluster.admiralty.io/proxy";
+
+/// Finalizer on every proxy pod: delegate-sync deletes the delegate before releasing it.
+pub const CLEANUP_FINALIZER: &str = "multicluster.admiralty.io/delegate-cleanup";
 
 /// Namespace label that opts a namespace in to the webhook.
 pub const NAMESPACE_OPT_IN_LABEL: &str = "multicluster-scheduler";
