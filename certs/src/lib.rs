@@ -4,8 +4,8 @@
 use std::{fs, io, path::Path, time::Duration};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 
@@ -40,9 +40,13 @@ impl Pem {
     }
 }
 
+pub mod inspect;
+pub mod renew;
+
 /// A certificate authority that can issue certificates.
 pub struct Authority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
     key_pem: String,
 }
 
@@ -60,14 +64,28 @@ impl Authority {
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let key_pem = key.serialize_pem();
-        let issuer = CertifiedIssuer::self_signed(params, key)?;
-        Ok(Self { issuer, key_pem })
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// An existing CA, from its PEM certificate and PKCS#8 key.
+    pub fn from_pem(pem: &Pem) -> Result<Self> {
+        let key = KeyPair::from_pem(&pem.key)?;
+        Ok(Self {
+            issuer: Issuer::from_ca_cert_pem(&pem.cert, key)?,
+            cert_pem: pem.cert.clone(),
+            key_pem: pem.key.clone(),
+        })
     }
 
     /// The CA certificate and key.
     pub fn pem(&self) -> Pem {
         Pem {
-            cert: self.issuer.pem(),
+            cert: self.cert_pem.clone(),
             key: self.key_pem.clone(),
         }
     }

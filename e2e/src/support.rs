@@ -171,6 +171,7 @@ impl Drop for TestNamespace {
             runtime.block_on(async {
                 for cluster in &clusters {
                     let client = testbed::kubeconfig::client(&kubeconfig, cluster).await?;
+                    release_finalizers(&client, &name).await;
                     match Api::<Namespace>::all(client)
                         .delete(&name, &DeleteParams::background())
                         .await
@@ -188,6 +189,22 @@ impl Drop for TestNamespace {
                 "warning: could not delete test namespace {}: {deleted:?}",
                 self.name
             );
+        }
+    }
+}
+
+/// Proxy pods carry a finalizer that only delegate-sync releases; a test that ends without
+/// one running must not leave its namespace stuck in Terminating.
+async fn release_finalizers(client: &Client, namespace: &str) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = pods.list(&Default::default()).await else {
+        return;
+    };
+    let unfinalize =
+        kube::api::Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
+    for pod in list.items {
+        if let (Some(name), Some(_)) = (pod.metadata.name, pod.metadata.finalizers) {
+            let _ = pods.patch(&name, &Default::default(), &unfinalize).await;
         }
     }
 }
