@@ -11,6 +11,10 @@ TESTBED := target/debug/testbed
 WAITER := target/x86_64-unknown-linux-gnu/waiter/proxy-waiter
 WAITER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static -C link-arg=-lgcc_eh -C link-arg=-lgcc
 APT_PACKAGES := buildah busybox-static
+# Load generator and Go baseline of the webhook benchmark, cached outside the checkout.
+OHA_VERSION := 1.16.0
+OHA := $(HOME)/.cache/delegate-pods/cargo-tools/oha-$(OHA_VERSION)/bin/oha
+GO_WEBHOOK := target/bench-tools/go-webhook
 CARGO ?= cargo
 
 .PHONY: help
@@ -71,11 +75,20 @@ test: prerequisites lint tools $(TESTBED) waiter ## Everything CI checks: lint, 
 	PROXY_WAITER_BIN=$(CURDIR)/$(WAITER) $(CARGO) test --locked -p proxy-waiter --test process
 	@size=$$(stat -c %s $(WAITER)); [ $$size -le 1048576 ] || { echo "proxy-waiter is $$size bytes, over 1 MiB" >&2; exit 1; }
 
+$(OHA):
+	$(CARGO) install --quiet --locked oha@$(OHA_VERSION) --root $(HOME)/.cache/delegate-pods/cargo-tools/oha-$(OHA_VERSION)
+
+$(GO_WEBHOOK): FORCE
+	@mkdir -p $(dir $(GO_WEBHOOK))
+	@cd e2e/bench/go-webhook && CGO_ENABLED=0 go build -trimpath -o $(CURDIR)/$(GO_WEBHOOK) .
+
 .PHONY: bench
-bench: tools $(TESTBED) waiter packages ## Benchmarks; results in target/bench/summary.md (BENCH_QUICK=1: shorter)
+bench: tools $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benchmarks; results in target/bench/summary.md (BENCH_QUICK=1: shorter)
+	@$(CARGO) build --quiet --locked --release -p webhook -p certs --bins --examples
 	@rm -f target/bench/*.json
 	@e2e/bench/testbed-startup.sh
 	@e2e/bench/waiter_footprint.py
+	@OHA=$(OHA) GO_WEBHOOK=$(GO_WEBHOOK) e2e/bench/webhook_load.py
 	@e2e/bench/summary.py
 
 .PHONY: demo

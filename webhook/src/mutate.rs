@@ -5,6 +5,8 @@ use contract::{
     CLEANUP_FINALIZER, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST,
     manifest::{ManifestError, ManifestKey},
 };
+use std::collections::BTreeMap;
+
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
 use serde_json::{Map, Value, json};
@@ -112,7 +114,7 @@ pub fn mutate(
         Ok(spec) => spec,
         Err(message) => return deny(400, message),
     };
-    let sealed = key.seal(namespace, &saved_manifest(pod, namespace).to_string());
+    let sealed = key.seal(namespace, &saved_manifest(pod, namespace));
     let annotations_bytes: usize = annotations
         .into_iter()
         .flatten()
@@ -188,26 +190,50 @@ fn deny(code: u16, message: &str) -> Mutation {
     }
 }
 
-/// The pod as delegate-sync will rebuild it: spec, plus the metadata a delegate needs.
-fn saved_manifest(pod: &Value, namespace: &str) -> Value {
-    let mut metadata = Map::new();
-    if let Some(original) = pod.get("metadata").and_then(Value::as_object) {
-        for field in ["name", "generateName", "labels"] {
-            if let Some(value) = original.get(field) {
-                metadata.insert(field.into(), value.clone());
-            }
-        }
-        if let Some(annotations) = original.get("annotations").and_then(Value::as_object) {
-            let kept: Map<String, Value> = annotations
-                .iter()
-                .filter(|(k, _)| !UNSAVED_ANNOTATIONS.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            metadata.insert("annotations".into(), Value::Object(kept));
-        }
+/// The pod as delegate-sync will rebuild it: spec, plus the metadata a delegate needs,
+/// serialized from borrowed parts (no copy of the spec). Fields in alphabetical order, as
+/// they always were, so existing seals stay comparable.
+fn saved_manifest(pod: &Value, namespace: &str) -> String {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Metadata<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        annotations: Option<BTreeMap<&'a str, &'a Value>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        generate_name: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        labels: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a Value>,
+        namespace: &'a str,
     }
-    metadata.insert("namespace".into(), json!(namespace));
-    json!({ "metadata": metadata, "spec": pod.get("spec").cloned().unwrap_or(Value::Null) })
+    #[derive(serde::Serialize)]
+    struct Saved<'a> {
+        metadata: Metadata<'a>,
+        spec: &'a Value,
+    }
+    let original = pod.get("metadata");
+    let field = |name: &str| original.and_then(|m| m.get(name));
+    let saved = Saved {
+        metadata: Metadata {
+            annotations: field("annotations")
+                .and_then(Value::as_object)
+                .map(|annotations| {
+                    annotations
+                        .iter()
+                        .filter(|(k, _)| !UNSAVED_ANNOTATIONS.contains(&k.as_str()))
+                        .map(|(k, v)| (k.as_str(), v))
+                        .collect()
+                }),
+            generate_name: field("generateName"),
+            labels: field("labels"),
+            name: field("name"),
+            namespace,
+        },
+        spec: pod.get("spec").unwrap_or(&Value::Null),
+    };
+    // Borrowed JSON values always serialize.
+    serde_json::to_string(&saved).unwrap_or_default()
 }
 
 fn proxy_spec(spec: &Map<String, Value>, settings: &ProxySettings) -> Result<Value, &'static str> {

@@ -57,6 +57,10 @@ pub async fn serve(
                 }
             },
         };
+        // Responses are small and latency matters: do not let Nagle hold their last segment.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
         let (acceptor, app, limits) = (acceptor.clone(), app.clone(), limits.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
