@@ -1,0 +1,123 @@
+//! The delegate's result as the proxy records it ([`contract::result`]): only once the
+//! delegate is terminal, and never different afterwards (a pod's terminal status does not
+//! change), so delivering it again is harmless.
+
+use std::collections::BTreeMap;
+
+use contract::result::{ContainerResult, DelegateResult, FORMAT_VERSION, Phase};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+/// The result of a terminal delegate; None while it still runs.
+pub fn result_of(delegate: &Pod) -> Option<DelegateResult> {
+    let status = delegate.status.as_ref()?;
+    let phase = match status.phase.as_deref()? {
+        "Succeeded" => Phase::Succeeded,
+        "Failed" => Phase::Failed,
+        _ => return None,
+    };
+    let containers: BTreeMap<String, ContainerResult> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter_map(terminated)
+        .collect();
+    Some(DelegateResult {
+        version: FORMAT_VERSION,
+        phase,
+        reason: status.reason.clone(),
+        message: status.message.clone(),
+        containers,
+    })
+}
+
+/// A result for a delegate that will never report: lost before it ended.
+pub fn lost(reason: &str, message: String) -> DelegateResult {
+    DelegateResult {
+        version: FORMAT_VERSION,
+        phase: Phase::Failed,
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        containers: BTreeMap::new(),
+    }
+}
+
+fn terminated(status: &ContainerStatus) -> Option<(String, ContainerResult)> {
+    let state = status.state.as_ref()?.terminated.as_ref()?;
+    Some((
+        status.name.clone(),
+        ContainerResult {
+            exit_code: state.exit_code,
+            reason: state.reason.clone(),
+            message: state.message.clone(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({ "metadata": { "name": "d" }, "status": status })).unwrap()
+    }
+
+    #[test]
+    fn running_delegates_have_no_result() {
+        assert_eq!(result_of(&pod(json!({ "phase": "Running" }))), None);
+        assert_eq!(result_of(&pod(json!({}))), None);
+    }
+
+    #[test]
+    fn terminal_delegates_give_each_containers_exit_code_and_message() {
+        let failed = pod(json!({
+            "phase": "Failed",
+            "initContainerStatuses": [{ "name": "init", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": 0, "reason": "Completed" } } }],
+            "containerStatuses": [
+                { "name": "main", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                  "state": { "terminated": { "exitCode": 3, "reason": "Error", "message": "disk full" } } },
+                { "name": "wait", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                  "state": { "waiting": { "reason": "PodInitializing" } } },
+            ],
+        }));
+        let result = result_of(&failed).unwrap();
+        assert_eq!(result.phase, Phase::Failed);
+        assert_eq!(result.containers["main"].exit_code, 3);
+        assert_eq!(
+            result.containers["main"].message.as_deref(),
+            Some("disk full")
+        );
+        assert_eq!(result.containers["init"].exit_code, 0);
+        assert!(
+            !result.containers.contains_key("wait"),
+            "never ran: the waiter fails it as a whole"
+        );
+        assert_eq!(
+            result.outcome_for("wait").unwrap().exit_code,
+            contract::result::POD_FAILED_EXIT_CODE
+        );
+    }
+
+    #[test]
+    fn evicted_delegates_carry_the_pod_reason() {
+        let evicted = pod(
+            json!({ "phase": "Failed", "reason": "Evicted", "message": "The node was low on memory." }),
+        );
+        let result = result_of(&evicted).unwrap();
+        assert_eq!(result.reason.as_deref(), Some("Evicted"));
+        assert!(
+            result
+                .outcome_for("main")
+                .unwrap()
+                .summary
+                .contains("Evicted")
+        );
+        let lost = lost("DelegateLost", "deleted in cluster2 before it ended".into());
+        assert_eq!(
+            lost.outcome_for("main").unwrap().message,
+            "deleted in cluster2 before it ended"
+        );
+    }
+}
