@@ -129,3 +129,72 @@ async fn pod_asking_for_10s_runs_about_10s() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn proxy_pods_end_from_the_recorded_result_and_jobs_judge_them() -> anyhow::Result<()> {
+    let env = TestEnv::get().await?;
+    let ns = env.namespace("proxy-stage").await?;
+    let jobs = ns.api::<Job>("cluster1").await?;
+    let job: Job = serde_json::from_value(json!({
+        "metadata": { "name": "proxied" },
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": { "labels": { contract::PROXY_LABEL: "true" } },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{ "name": "main", "image": "proxy-waiter" }, { "name": "wait", "image": "proxy-waiter" }],
+                },
+            },
+        },
+    }))?;
+    jobs.create(&PostParams::default(), &job).await?;
+    let pods = ns.api::<Pod>("cluster1").await?;
+    let running =
+        |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Running");
+    let name = loop {
+        if let Some(pod) = pods
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .next()
+        {
+            break pod.metadata.name.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_for(&pods, &name, Duration::from_secs(30), running).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        running(pods.get_opt(&name).await?.as_ref()),
+        "a proxy without a result keeps running"
+    );
+
+    let result = r#"{"v":1,"phase":"Failed","containers":{"main":{"exitCode":3,"message":"disk full"},"wait":{"exitCode":0}}}"#;
+    let patch = json!({ "metadata": { "annotations": { contract::RESULT: result } } });
+    pods.patch(&name, &Default::default(), &kube::api::Patch::Merge(patch))
+        .await?;
+    let failed =
+        |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Failed");
+    let pod = wait_for(&pods, &name, Duration::from_secs(30), failed)
+        .await?
+        .unwrap();
+    let statuses = pod.status.unwrap().container_statuses.unwrap();
+    let terminated = |n: &str| {
+        statuses
+            .iter()
+            .find(|c| c.name == n)
+            .and_then(|c| c.state.as_ref()?.terminated.clone())
+            .unwrap()
+    };
+    assert_eq!(terminated("main").exit_code, 3);
+    assert_eq!(terminated("main").message.as_deref(), Some("disk full"));
+    assert_eq!(terminated("wait").exit_code, 0);
+    let job_failed = |j: Option<&Job>| {
+        j.and_then(|j| j.status.as_ref()?.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"))
+    };
+    wait_for(&jobs, "proxied", Duration::from_secs(30), job_failed).await?;
+    Ok(())
+}

@@ -95,8 +95,11 @@ fn default_stages_dir() -> PathBuf {
 impl Testbed {
     /// Brings the test bed up, or reuses it when one with the same clusters is already healthy.
     pub async fn up(config: &TestbedConfig) -> anyhow::Result<Self> {
+        let stages = kwok_config(&config.stages_dir)?;
         if let Ok(existing) = Self::attach(&config.dir)
             && existing.state.clusters.len() == config.clusters
+            && fs::read_to_string(config.dir.join("kwok.yaml"))
+                .is_ok_and(|running| running == stages)
             && existing.check().await.is_ok()
         {
             tracing::info!(dir = %config.dir.display(), "test bed already up");
@@ -105,7 +108,9 @@ impl Testbed {
         Self::down(&config.dir)?;
         fs::create_dir_all(&config.dir)
             .with_context(|| format!("cannot create {}", config.dir.display()))?;
-        let kwok_config = write_kwok_config(&config.dir, &config.stages_dir)?;
+        let kwok_config = config.dir.join("kwok.yaml");
+        fs::write(&kwok_config, &stages)
+            .with_context(|| format!("cannot write {}", kwok_config.display()))?;
         let names: Vec<String> = (1..=config.clusters)
             .map(|i| format!("cluster{i}"))
             .collect();
@@ -374,8 +379,9 @@ where
     }
 }
 
-/// Concatenates every Stage file of `stages_dir` into the kwok config kwok is started with.
-fn write_kwok_config(dir: &Path, stages_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Every Stage file of `stages_dir`, concatenated: the config kwok is started with. A running
+/// test bed whose stages differ is restarted by `up`.
+fn kwok_config(stages_dir: &Path) -> anyhow::Result<String> {
     let mut files: Vec<PathBuf> = fs::read_dir(stages_dir)
         .with_context(|| format!("cannot read kwok stages in {}", stages_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -388,12 +394,9 @@ fn write_kwok_config(dir: &Path, stages_dir: &Path) -> anyhow::Result<PathBuf> {
             fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
         docs.insert(file, text);
     }
-    let config = docs
+    Ok(docs
         .values()
         .map(|d| d.trim())
         .collect::<Vec<_>>()
-        .join("\n---\n");
-    let path = dir.join("kwok.yaml");
-    fs::write(&path, config).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+        .join("\n---\n"))
 }
