@@ -31,6 +31,12 @@ pub const SOURCEPOD_MANIFEST: &str = "multicluster.admiralty.io/sourcepod-manife
 /// `delegate-sync` and read by `proxy-waiter` through the downward API.
 pub const RESULT: &str = "multicluster.admiralty.io/result";
 
+/// Proxy annotation recording the target cluster delegate-sync chose (never changed after).
+pub const TARGET_CLUSTER: &str = "multicluster.admiralty.io/target-cluster";
+
+/// Proxy annotation recording the name of the delegate once delegate-sync created it.
+pub const DELEGATE_NAME: &str = "multicluster.admiralty.io/delegate-name";
+
 /// Label on every proxy pod (value `true`).
 pub const PROXY_LABEL: &str = "multicluster.admiralty.io/proxy";
 
@@ -43,14 +49,11 @@ pub const NAMESPACE_OPT_IN_LABEL: &str = "multicluster-scheduler";
 /// Value of [`NAMESPACE_OPT_IN_LABEL`] that opts a namespace in.
 pub const NAMESPACE_OPT_IN_VALUE: &str = "enabled";
 
-/// True when `key` is one of the product's own annotation or label keys.
+/// True when `key` is one of the product's own annotation or label keys (exactly under
+/// [`DOMAIN`]; subdomains such as the test bed's are not the product's).
 pub fn is_own_key(key: &str) -> bool {
-    key.split_once('/').is_some_and(|(prefix, _)| {
-        prefix == DOMAIN
-            || prefix
-                .strip_suffix(DOMAIN)
-                .is_some_and(|sub| sub.ends_with('.'))
-    })
+    key.split_once('/')
+        .is_some_and(|(prefix, _)| prefix == DOMAIN)
 }
 
 #[cfg(test)]
@@ -69,6 +72,6 @@ mod tests {
         assert!(!is_own_key("workflows.argoproj.io/outputs"));
         assert!(!is_own_key("evilmulticluster.admiralty.io/elect"));
         assert!(!is_own_key("multicluster.admiralty.io"));
-        assert!(is_own_key("testbed.multicluster.admiralty.io/run-for"));
+        assert!(!is_own_key("testbed.multicluster.admiralty.io/run-for"));
     }
 }

@@ -1,0 +1,580 @@
+//! The reconciliation of one proxy pod: verify its saved manifest, place it, create its
+//! delegate, mirror the delegate back, record the result, and clean up when the proxy goes.
+//! Level-triggered: every step reads the current state and is safe to repeat; all state lives
+//! in the API objects (the recorded target and delegate name annotations).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use contract::{
+    CLEANUP_FINALIZER, CLUSTER_NAME, DELEGATE_NAME, PROXY_LABEL, RESULT, SOURCEPOD_MANIFEST,
+    TARGET_CLUSTER, is_own_key, manifest::ManifestKey, result::DelegateResult,
+};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use kube::{
+    Api, Client, Resource as _, ResourceExt as _,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+
+use crate::{
+    delegate::{self, ProxyRef},
+    outcome,
+    placement::{self, ClusterView, Placement},
+    targets::Target,
+};
+
+/// Why a reconciliation failed (it is retried with a delay per kind).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("source cluster API: {0}")]
+    Source(#[source] kube::Error),
+    #[error("target cluster {cluster}: {source}")]
+    Target {
+        cluster: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("proxy has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source_api",
+            Self::Target { .. } => "target_api",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub cluster_name: String,
+    pub source: Client,
+    pub targets: Vec<Target>,
+    pub key: ManifestKey,
+    pub recorder: Recorder,
+    pub pending_retry: Duration,
+    /// Delegates created but not yet in the target's cache, per cluster: placement counts them.
+    in_flight: Mutex<BTreeMap<String, Vec<(String, PodSpec)>>>,
+}
+
+impl Context {
+    pub fn new(
+        cluster_name: String,
+        source: Client,
+        targets: Vec<Target>,
+        key: ManifestKey,
+        pending_retry: Duration,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "delegate-sync".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(source.clone(), reporter),
+            cluster_name,
+            source,
+            targets,
+            key,
+            pending_retry,
+            in_flight: Mutex::default(),
+        }
+    }
+
+    fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    context: Arc<Context>,
+    delegate_events: futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<Pod>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let proxies: Api<Pod> = Api::all(context.source.clone());
+    Controller::new(
+        proxies,
+        watcher::Config::default().labels(&format!("{PROXY_LABEL}=true")),
+    )
+    .reconcile_on(delegate_events)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        match result {
+            Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
+            Err(e) => tracing::warn!("reconcile failed: {e}"),
+        }
+    })
+    .await;
+}
+
+fn error_policy(_proxy: Arc<Pod>, error: &Error, _context: Arc<Context>) -> Action {
+    tracing::warn!(kind = error.metric_label(), "{error}");
+    Action::requeue(match error {
+        Error::Target { .. } => Duration::from_secs(5),
+        _ => Duration::from_secs(2),
+    })
+}
+
+/// Reconciles one proxy.
+pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action, Error> {
+    let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Pod> = Api::namespaced(context.source.clone(), &namespace);
+    let annotations = proxy.annotations().clone();
+    if proxy.metadata.deletion_timestamp.is_some() {
+        return clean_up(&proxy, &api, &annotations, &context).await;
+    }
+    if annotations.contains_key(RESULT) {
+        return Ok(Action::await_change());
+    }
+    let Some(sealed) = annotations.get(SOURCEPOD_MANIFEST) else {
+        return Ok(Action::await_change());
+    };
+    let saved: Value = match context
+        .key
+        .open(&namespace, sealed)
+        .map(serde_json::from_str::<Value>)
+    {
+        Ok(Ok(saved)) => saved,
+        Ok(Err(e)) => {
+            return reject(
+                &proxy,
+                &api,
+                &context,
+                &format!("the saved manifest is not valid JSON: {e}"),
+            )
+            .await;
+        }
+        Err(e) => return reject(&proxy, &api, &context, &e.to_string()).await,
+    };
+    let spec: PodSpec = match serde_json::from_value(saved["spec"].clone()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return reject(
+                &proxy,
+                &api,
+                &context,
+                &format!("the saved manifest has no valid pod spec: {e}"),
+            )
+            .await;
+        }
+    };
+    let target_name = match annotations.get(TARGET_CLUSTER) {
+        Some(name) => name.clone(),
+        None => {
+            let pinned = saved
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(CLUSTER_NAME))
+                .and_then(Value::as_str);
+            match choose(&spec, pinned, &context) {
+                Placement::Cluster(name) => {
+                    patch_annotations(&api, &proxy, json!({ TARGET_CLUSTER: name })).await?;
+                    publish(
+                        &context,
+                        &proxy,
+                        EventType::Normal,
+                        "Scheduled",
+                        format!("Scheduled to {name}"),
+                    )
+                    .await;
+                    name
+                }
+                Placement::UnknownCluster { wanted, known } => {
+                    let note = format!(
+                        "cluster {wanted:?} (annotation {CLUSTER_NAME}) is not a target; known: {}",
+                        known.join(", ")
+                    );
+                    publish(&context, &proxy, EventType::Warning, "UnknownCluster", note).await;
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+                Placement::NoFit(reasons) => {
+                    let note = reasons
+                        .iter()
+                        .map(|(c, r)| format!("{c}: {r}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    publish(
+                        &context,
+                        &proxy,
+                        EventType::Warning,
+                        "NoCapacity",
+                        format!("no cluster fits the pod now ({note})"),
+                    )
+                    .await;
+                    return Ok(Action::requeue(context.pending_retry));
+                }
+            }
+        }
+    };
+    let Some(target) = context.target(&target_name) else {
+        let note = format!("recorded target {target_name} is not configured; waiting for it");
+        publish(&context, &proxy, EventType::Warning, "UnknownCluster", note).await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    let proxy_ref = ProxyRef {
+        cluster: context.cluster_name.clone(),
+        namespace: namespace.clone(),
+        name: proxy.name_any(),
+        uid: proxy.uid().unwrap_or_default(),
+    };
+    let delegate_name = delegate::delegate_name(&proxy_ref);
+    match target.delegate(&namespace, &delegate_name) {
+        Some(delegate) => {
+            forget_in_flight(&context, &target.name, &delegate_name);
+            mirror(&proxy, &api, &delegate, &context).await
+        }
+        None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
+            // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
+            let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
+            match delegates.get_opt(&delegate_name).await {
+                Ok(Some(_)) => Ok(Action::requeue(Duration::from_secs(1))),
+                Ok(None) => {
+                    let message = format!(
+                        "delegate {delegate_name} disappeared from {} before it ended",
+                        target.name
+                    );
+                    record_result(
+                        &api,
+                        &proxy,
+                        &context,
+                        outcome::lost("DelegateLost", message.clone()),
+                        EventType::Warning,
+                        "DelegateLost",
+                        message,
+                    )
+                    .await
+                }
+                Err(source) => Err(Error::Target {
+                    cluster: target.name.clone(),
+                    source,
+                }),
+            }
+        }
+        None => {
+            create_delegate(
+                &proxy,
+                &api,
+                &saved,
+                &proxy_ref,
+                &delegate_name,
+                &spec,
+                target,
+                &context,
+            )
+            .await
+        }
+    }
+}
+
+fn choose(spec: &PodSpec, pinned: Option<&str>, context: &Context) -> Placement {
+    let in_flight = context
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = context
+        .targets
+        .iter()
+        .map(|t| {
+            let nodes: Vec<_> = t.nodes.state().iter().map(|n| (**n).clone()).collect();
+            let pods: Vec<_> = t.pods.state().iter().map(|p| (**p).clone()).collect();
+            let mut unbound: Vec<PodSpec> = t
+                .delegates
+                .state()
+                .iter()
+                .filter_map(|d| d.spec.clone())
+                .filter(|s| s.node_name.is_none())
+                .collect();
+            unbound.extend(
+                in_flight
+                    .get(&t.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, s)| s.clone()),
+            );
+            (t.name.clone(), nodes, pods, unbound)
+        })
+        .collect();
+    let views: Vec<ClusterView<'_>> = snapshots
+        .iter()
+        .map(|(name, nodes, pods, unbound)| ClusterView {
+            name,
+            nodes,
+            pods,
+            in_flight: unbound,
+        })
+        .collect();
+    placement::place(spec, pinned, &views)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_delegate(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    saved: &Value,
+    proxy_ref: &ProxyRef,
+    delegate_name: &str,
+    spec: &PodSpec,
+    target: &Target,
+    context: &Context,
+) -> Result<Action, Error> {
+    let delegate = match delegate::build(&saved.to_string(), proxy_ref) {
+        Ok(delegate) => delegate,
+        Err(e) => return reject(proxy, api, context, &e.to_string()).await,
+    };
+    let delegate: Pod = match serde_json::from_value(delegate) {
+        Ok(pod) => pod,
+        Err(e) => {
+            return reject(
+                proxy,
+                api,
+                context,
+                &format!("the delegate is not a valid pod: {e}"),
+            )
+            .await;
+        }
+    };
+    let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &proxy_ref.namespace);
+    match delegates.create(&PostParams::default(), &delegate).await {
+        Ok(_) => {}
+        Err(e) if api_code(&e) == Some(409) => {}
+        Err(kube::Error::Api(status)) => {
+            let note = format!(
+                "cannot create delegate {delegate_name} in {}: {}",
+                target.name, status.message
+            );
+            publish(
+                context,
+                proxy,
+                EventType::Warning,
+                "DelegateNotCreated",
+                note,
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        Err(source) => {
+            return Err(Error::Target {
+                cluster: target.name.clone(),
+                source,
+            });
+        }
+    }
+    context
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(target.name.clone())
+        .or_default()
+        .push((delegate_name.to_string(), spec.clone()));
+    patch_annotations(api, proxy, json!({ DELEGATE_NAME: delegate_name })).await?;
+    publish(
+        context,
+        proxy,
+        EventType::Normal,
+        "DelegateCreated",
+        format!("created delegate {delegate_name} in {}", target.name),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn forget_in_flight(context: &Context, cluster: &str, delegate_name: &str) {
+    if let Some(list) = context
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(cluster)
+    {
+        list.retain(|(name, _)| name != delegate_name);
+    }
+}
+
+/// Mirrors the delegate's annotations, and its result once it ended.
+async fn mirror(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    delegate: &Pod,
+    context: &Context,
+) -> Result<Action, Error> {
+    let current = proxy.annotations();
+    let changed: serde_json::Map<String, Value> = delegate
+        .annotations()
+        .iter()
+        .filter(|(k, _)| !is_own_key(k) && !k.starts_with("kubectl.kubernetes.io/"))
+        .filter(|(k, v)| current.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if !changed.is_empty() {
+        patch_annotations(api, proxy, Value::Object(changed)).await?;
+    }
+    match outcome::result_of(delegate) {
+        None => Ok(Action::await_change()),
+        Some(result) => {
+            let reason = if result.phase == contract::result::Phase::Succeeded {
+                "DelegateSucceeded"
+            } else {
+                "DelegateFailed"
+            };
+            let note = format!("delegate {} ended: {:?}", delegate.name_any(), result.phase);
+            record_result(api, proxy, context, result, EventType::Normal, reason, note).await
+        }
+    }
+}
+
+/// Writes the result on the proxy (durably, before any delivery); the waiter reads it through
+/// the downward API.
+async fn record_result(
+    api: &Api<Pod>,
+    proxy: &Pod,
+    context: &Context,
+    result: DelegateResult,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<Action, Error> {
+    patch_annotations(api, proxy, json!({ RESULT: result.encode() })).await?;
+    publish(context, proxy, type_, reason, note).await;
+    Ok(Action::await_change())
+}
+
+/// A proxy whose saved manifest cannot become a delegate: nothing is created anywhere, the
+/// proxy fails with the reason.
+async fn reject(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    context: &Context,
+    why: &str,
+) -> Result<Action, Error> {
+    let message = format!("no delegate was created: {why}");
+    record_result(
+        api,
+        proxy,
+        context,
+        outcome::lost("ManifestRejected", message.clone()),
+        EventType::Warning,
+        "ManifestRejected",
+        message,
+    )
+    .await
+}
+
+/// Deletes the delegate, then releases the proxy's finalizer.
+async fn clean_up(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    annotations: &BTreeMap<String, String>,
+    context: &Context,
+) -> Result<Action, Error> {
+    let Some(position) = proxy
+        .finalizers()
+        .iter()
+        .position(|f| f == CLEANUP_FINALIZER)
+    else {
+        return Ok(Action::await_change());
+    };
+    if let (Some(target), Some(delegate_name)) = (
+        annotations
+            .get(TARGET_CLUSTER)
+            .and_then(|t| context.target(t)),
+        annotations.get(DELEGATE_NAME),
+    ) {
+        let namespace = proxy.namespace().unwrap_or_default();
+        let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
+        match delegates
+            .delete(delegate_name, &DeleteParams::background())
+            .await
+        {
+            Ok(either) if either.is_left() => return Ok(Action::requeue(Duration::from_secs(1))),
+            Ok(_) => {}
+            Err(e) if api_code(&e) == Some(404) => {}
+            Err(source) => {
+                return Err(Error::Target {
+                    cluster: target.name.clone(),
+                    source,
+                });
+            }
+        }
+        if delegates
+            .get_opt(delegate_name)
+            .await
+            .map_err(|source| Error::Target {
+                cluster: target.name.clone(),
+                source,
+            })?
+            .is_some()
+        {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+    let path = format!("/metadata/finalizers/{position}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": path, "value": CLEANUP_FINALIZER },
+        { "op": "remove", "path": path },
+    ]))
+    .map_err(|e| Error::Source(kube::Error::SerdeError(e)))?;
+    match api
+        .patch(
+            &proxy.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::await_change()),
+        // Gone, or the finalizer moved: the next event brings the current list.
+        Err(e) if matches!(api_code(&e), Some(404 | 422)) => Ok(Action::await_change()),
+        Err(e) => Err(Error::Source(e)),
+    }
+}
+
+fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+async fn patch_annotations(api: &Api<Pod>, proxy: &Pod, annotations: Value) -> Result<(), Error> {
+    let patch = json!({ "metadata": { "annotations": annotations } });
+    api.patch(
+        &proxy.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(Error::Source)
+}
+
+async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Delegate".into(),
+        secondary: None,
+    };
+    if let Err(e) = context
+        .recorder
+        .publish(&event, &proxy.object_ref(&()))
+        .await
+    {
+        tracing::warn!("cannot publish event {reason}: {e}");
+    }
+}

@@ -1,0 +1,162 @@
+//! Target clusters: a client each, and caches (reflectors) of their nodes, pods and of the
+//! delegates this source cluster made there. A target that cannot be reached is logged and
+//! retried by its watchers; it never stops the others.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt as _, stream::BoxStream};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, Client,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+
+use crate::{
+    args::TargetSpec,
+    delegate::{DELEGATE_LABEL, PROXY_CLUSTER, PROXY_NAME, PROXY_NAMESPACE},
+};
+
+/// One target cluster.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub client: Client,
+    pub nodes: Store<Node>,
+    pub pods: Store<Pod>,
+    pub delegates: Store<Pod>,
+}
+
+/// A client for a kubeconfig (and context), or the default one.
+pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<Client> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig (give --kubeconfig)")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+impl Target {
+    /// Connects to a target and starts its caches; returns the stream of proxies whose delegate
+    /// changed there (to wake their reconciliation).
+    pub async fn start(
+        spec: &TargetSpec,
+        source: &Client,
+        source_name: &str,
+    ) -> anyhow::Result<(Self, BoxStream<'static, ObjectRef<Pod>>)> {
+        let client = match &spec.kubeconfig {
+            None => source.clone(),
+            Some(path) => client(Some(path), spec.context.as_deref())
+                .await
+                .with_context(|| format!("--target {}", spec.name))?,
+        };
+        let (nodes, nodes_writer) = reflector::store::<Node>();
+        let (pods, pods_writer) = reflector::store::<Pod>();
+        let (delegates, delegates_writer) = reflector::store::<Pod>();
+        let name = spec.name.clone();
+        spawn_reflector(
+            &name,
+            "nodes",
+            reflector::reflector(
+                nodes_writer,
+                watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+            ),
+        );
+        spawn_reflector(
+            &name,
+            "pods",
+            reflector::reflector(
+                pods_writer,
+                watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+            ),
+        );
+        let selector = format!("{DELEGATE_LABEL}=true,{PROXY_CLUSTER}={source_name}");
+        let delegate_events = reflector::reflector(
+            delegates_writer,
+            watcher(
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default().labels(&selector),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .filter_map(move |event| {
+            let target = name.clone();
+            async move {
+                match event {
+                    Ok(delegate) => proxy_of(&delegate),
+                    Err(e) => {
+                        tracing::warn!(%target, "watching delegates failed (retrying): {e}");
+                        None
+                    }
+                }
+            }
+        })
+        .boxed();
+        Ok((
+            Self {
+                name: spec.name.clone(),
+                client,
+                nodes,
+                pods,
+                delegates,
+            },
+            delegate_events,
+        ))
+    }
+
+    /// True once the caches hold a full listing.
+    pub fn synced(&self) -> bool {
+        // A store is ready after its first complete list.
+        futures::FutureExt::now_or_never(self.delegates.wait_until_ready())
+            .is_some_and(|r| r.is_ok())
+            && futures::FutureExt::now_or_never(self.nodes.wait_until_ready())
+                .is_some_and(|r| r.is_ok())
+            && futures::FutureExt::now_or_never(self.pods.wait_until_ready())
+                .is_some_and(|r| r.is_ok())
+    }
+
+    /// The delegate named `name` in `namespace`, from the cache.
+    pub fn delegate(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.delegates.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// The proxy a delegate points back to.
+pub fn proxy_of(delegate: &Pod) -> Option<ObjectRef<Pod>> {
+    let annotations = delegate.metadata.annotations.as_ref()?;
+    Some(ObjectRef::new(annotations.get(PROXY_NAME)?).within(annotations.get(PROXY_NAMESPACE)?))
+}
+
+fn spawn_reflector<S, K>(target: &str, what: &'static str, stream: S)
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    let target = target.to_string();
+    tokio::spawn(async move {
+        let mut stream = Box::pin(stream.default_backoff());
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!(%target, what, "watch failed (retrying): {e}");
+            }
+        }
+    });
+}
