@@ -60,6 +60,14 @@ impl Error {
     }
 }
 
+/// A delegate placed but not yet seen in its target's cache.
+#[derive(Clone, Debug)]
+struct InFlight {
+    namespace: String,
+    name: String,
+    spec: PodSpec,
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     pub cluster_name: String,
@@ -68,8 +76,10 @@ pub struct Context {
     pub key: ManifestKey,
     pub recorder: Recorder,
     pub pending_retry: Duration,
-    /// Delegates created but not yet in the target's cache, per cluster: placement counts them.
-    in_flight: Mutex<BTreeMap<String, Vec<(String, PodSpec)>>>,
+    /// Delegates decided but not yet in the target's cache, per cluster: placement counts
+    /// them. Decided and reserved under one lock, so concurrent reconciliations of a burst
+    /// never count the same room twice.
+    in_flight: Mutex<BTreeMap<String, Vec<InFlight>>>,
 }
 
 impl Context {
@@ -181,7 +191,17 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 .pointer("/metadata/annotations")
                 .and_then(|a| a.get(CLUSTER_NAME))
                 .and_then(Value::as_str);
-            match choose(&spec, pinned, &context) {
+            let reservation = InFlight {
+                namespace: namespace.clone(),
+                name: delegate::delegate_name(&ProxyRef {
+                    cluster: context.cluster_name.clone(),
+                    namespace: namespace.clone(),
+                    name: proxy.name_any(),
+                    uid: proxy.uid().unwrap_or_default(),
+                }),
+                spec: spec.clone(),
+            };
+            match choose(reservation, pinned, &context) {
                 Placement::Cluster(name) => {
                     patch_annotations(&api, &proxy, json!({ TARGET_CLUSTER: name })).await?;
                     publish(
@@ -272,7 +292,6 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 &saved,
                 &proxy_ref,
                 &delegate_name,
-                &spec,
                 target,
                 &context,
             )
@@ -281,12 +300,9 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     }
 }
 
-fn choose(spec: &PodSpec, pinned: Option<&str>, context: &Context) -> Placement {
-    let in_flight = context
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+/// Places the delegate and, when a cluster is chosen, reserves its room at once.
+fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placement {
+    let mut in_flight = context.in_flight.lock().unwrap_or_else(|e| e.into_inner());
     let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = context
         .targets
         .iter()
@@ -300,13 +316,10 @@ fn choose(spec: &PodSpec, pinned: Option<&str>, context: &Context) -> Placement 
                 .filter_map(|d| d.spec.clone())
                 .filter(|s| s.node_name.is_none())
                 .collect();
-            unbound.extend(
-                in_flight
-                    .get(&t.name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(_, s)| s.clone()),
-            );
+            // Reservations whose delegate the cache already shows are counted there.
+            let reserved = in_flight.entry(t.name.clone()).or_default();
+            reserved.retain(|r| t.delegate(&r.namespace, &r.name).is_none());
+            unbound.extend(reserved.iter().map(|r| r.spec.clone()));
             (t.name.clone(), nodes, pods, unbound)
         })
         .collect();
@@ -319,7 +332,17 @@ fn choose(spec: &PodSpec, pinned: Option<&str>, context: &Context) -> Placement 
             in_flight: unbound,
         })
         .collect();
-    placement::place(spec, pinned, &views)
+    let placement = placement::place(&delegate.spec, pinned, &views);
+    if let Placement::Cluster(name) = &placement {
+        let reserved = in_flight.entry(name.clone()).or_default();
+        if !reserved
+            .iter()
+            .any(|r| r.namespace == delegate.namespace && r.name == delegate.name)
+        {
+            reserved.push(delegate);
+        }
+    }
+    placement
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,7 +352,6 @@ async fn create_delegate(
     saved: &Value,
     proxy_ref: &ProxyRef,
     delegate_name: &str,
-    spec: &PodSpec,
     target: &Target,
     context: &Context,
 ) -> Result<Action, Error> {
@@ -375,13 +397,6 @@ async fn create_delegate(
             });
         }
     }
-    context
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(target.name.clone())
-        .or_default()
-        .push((delegate_name.to_string(), spec.clone()));
     patch_annotations(api, proxy, json!({ DELEGATE_NAME: delegate_name })).await?;
     publish(
         context,
@@ -401,7 +416,7 @@ fn forget_in_flight(context: &Context, cluster: &str, delegate_name: &str) {
         .unwrap_or_else(|e| e.into_inner())
         .get_mut(cluster)
     {
-        list.retain(|(name, _)| name != delegate_name);
+        list.retain(|r| r.name != delegate_name);
     }
 }
 

@@ -2,114 +2,16 @@
 //! the targets. Proxies are made here as the webhook makes them (label, finalizer, sealed
 //! manifest) so that this test needs no webhook.
 
-use std::{collections::BTreeMap, time::Duration};
+mod common;
 
-use contract::{
-    CLEANUP_FINALIZER, CLUSTER_NAME, DELEGATE_NAME, ELECT, PROXY_LABEL, RESULT, SOURCEPOD_MANIFEST,
-    TARGET_CLUSTER, manifest::ManifestKey,
-};
-use delegate_sync::args::{Config, TargetSpec};
-use e2e::{TestEnv, TestNamespace, lifecycle, support::wait_for};
+use std::time::Duration;
+
+use common::*;
+use contract::{DELEGATE_NAME, RESULT, SOURCEPOD_MANIFEST, TARGET_CLUSTER};
+use e2e::{TestEnv, support::wait_for};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-
-const KEY: &[u8] = b"delegate-sync-tests-key-0123456789abcdef";
-
-/// Runs the controller in this process until dropped.
-struct Controller {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Controller {
-    fn start(env: &TestEnv) -> Self {
-        let kubeconfig = env.kubeconfig().clone();
-        let config = Config {
-            cluster_name: "cluster1".into(),
-            kubeconfig: Some(kubeconfig.clone()),
-            context: Some("cluster1".into()),
-            targets: vec![
-                TargetSpec {
-                    name: "cluster1".into(),
-                    kubeconfig: None,
-                    context: None,
-                },
-                TargetSpec {
-                    name: "cluster2".into(),
-                    kubeconfig: Some(kubeconfig),
-                    context: Some("cluster2".into()),
-                },
-            ],
-            key: ManifestKey::from_bytes(KEY).unwrap(),
-            pending_retry: Duration::from_secs(1),
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(delegate_sync::run(config, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            stop: Some(stop),
-            task,
-        }
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.abort();
-    }
-}
-
-/// A proxy as the webhook would store it, for a pod that runs `run_for` and ends with the
-/// given exit code in the delegate's cluster.
-fn proxy(
-    ns: &TestNamespace,
-    name: &str,
-    pinned: Option<&str>,
-    run_for: &str,
-    exit_code: i32,
-) -> Pod {
-    let mut annotations = BTreeMap::from([
-        (ELECT.to_string(), String::new()),
-        (lifecycle::RUN_FOR.to_string(), run_for.to_string()),
-        (lifecycle::exit_code_of("main"), exit_code.to_string()),
-        (
-            lifecycle::message_of("main"),
-            "from the delegate".to_string(),
-        ),
-    ]);
-    if let Some(cluster) = pinned {
-        annotations.insert(CLUSTER_NAME.into(), cluster.into());
-    }
-    let saved = json!({
-        "metadata": { "name": name, "namespace": ns.name, "annotations": annotations, "labels": { "app": "test" } },
-        "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "busybox" }] },
-    });
-    annotations.insert(
-        SOURCEPOD_MANIFEST.into(),
-        ManifestKey::from_bytes(KEY)
-            .unwrap()
-            .seal(&ns.name, &saved.to_string()),
-    );
-    serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "labels": { PROXY_LABEL: "true", "app": "test" },
-            "annotations": annotations,
-            "finalizers": [CLEANUP_FINALIZER],
-        },
-        "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "proxy-waiter" }] },
-    }))
-    .unwrap()
-}
-
-fn phase(pod: Option<&Pod>) -> Option<&str> {
-    pod.and_then(|p| p.status.as_ref()?.phase.as_deref())
-}
 
 #[tokio::test]
 async fn pinned_proxy_runs_in_cluster2_ends_with_its_code_and_cleans_up() {
@@ -243,5 +145,82 @@ async fn a_tampered_manifest_creates_nothing_and_fails_the_proxy() {
     assert!(
         reasons.iter().any(|r| r == "ManifestRejected"),
         "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn annotations_are_mirrored_and_a_lost_delegate_fails_the_proxy() {
+    let env = TestEnv::get().await.unwrap();
+    let ns = env.namespace("dsync-lost").await.unwrap();
+    let _controller = Controller::start(env);
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    let delegates = ns.api::<Pod>("cluster2").await.unwrap();
+    proxies
+        .create(
+            &PostParams::default(),
+            &proxy(&ns, "long", Some("cluster2"), "1h", 0),
+        )
+        .await
+        .unwrap();
+    let name = format!("cluster1-{}-long", ns.name);
+    wait_for(
+        &delegates,
+        &name,
+        Duration::from_secs(30),
+        |d: Option<&Pod>| phase(d) == Some("Running"),
+    )
+    .await
+    .unwrap();
+
+    // Argo 2.x writes its outputs as an annotation of the pod: they must reach the proxy.
+    let outputs = json!({ "metadata": { "annotations": { "workflows.argoproj.io/outputs": "{\"result\":\"42\"}" } } });
+    delegates
+        .patch(
+            &name,
+            &Default::default(),
+            &kube::api::Patch::Merge(outputs),
+        )
+        .await
+        .unwrap();
+    let mirrored = |p: Option<&Pod>| {
+        p.and_then(|p| {
+            p.metadata
+                .annotations
+                .as_ref()?
+                .get("workflows.argoproj.io/outputs")
+                .cloned()
+        })
+        .as_deref()
+            == Some("{\"result\":\"42\"}")
+    };
+    wait_for(&proxies, "long", Duration::from_secs(30), mirrored)
+        .await
+        .unwrap();
+
+    delegates
+        .delete(
+            &name,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let failed = wait_for(
+        &proxies,
+        "long",
+        Duration::from_secs(30),
+        |p: Option<&Pod>| phase(p) == Some("Failed"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let result = &failed.metadata.annotations.unwrap()[RESULT];
+    assert!(result.contains("DelegateLost"), "{result}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        delegates.get_opt(&name).await.unwrap().is_none(),
+        "a terminal proxy is never re-run"
     );
 }

@@ -1,0 +1,126 @@
+//! Helpers shared by delegate-sync's test binaries.
+
+#![allow(dead_code)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use contract::{
+    CLEANUP_FINALIZER, CLUSTER_NAME, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST, manifest::ManifestKey,
+};
+use delegate_sync::args::{Config, TargetSpec};
+use e2e::{TestEnv, TestNamespace, lifecycle};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+pub const KEY: &[u8] = b"delegate-sync-tests-key-0123456789abcdef";
+
+/// Runs the controller in this process until dropped.
+pub struct Controller {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Controller {
+    pub fn start(env: &TestEnv) -> Self {
+        let kubeconfig = env.kubeconfig().clone();
+        let config = Config {
+            cluster_name: "cluster1".into(),
+            kubeconfig: Some(kubeconfig.clone()),
+            context: Some("cluster1".into()),
+            targets: vec![
+                TargetSpec {
+                    name: "cluster1".into(),
+                    kubeconfig: None,
+                    context: None,
+                },
+                TargetSpec {
+                    name: "cluster2".into(),
+                    kubeconfig: Some(kubeconfig),
+                    context: Some("cluster2".into()),
+                },
+            ],
+            key: ManifestKey::from_bytes(KEY).unwrap(),
+            pending_retry: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(delegate_sync::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// A proxy as the webhook would store it, for a pod that runs `run_for` and ends with the
+/// given exit code in the delegate's cluster.
+pub fn proxy(
+    ns: &TestNamespace,
+    name: &str,
+    pinned: Option<&str>,
+    run_for: &str,
+    exit_code: i32,
+) -> Pod {
+    proxy_requesting(ns, name, pinned, run_for, exit_code, None)
+}
+
+/// Like [`proxy`], with a CPU request on the delegate's container.
+pub fn proxy_requesting(
+    ns: &TestNamespace,
+    name: &str,
+    pinned: Option<&str>,
+    run_for: &str,
+    exit_code: i32,
+    cpu: Option<&str>,
+) -> Pod {
+    let resources = match cpu {
+        Some(cpu) => json!({ "requests": { "cpu": cpu } }),
+        None => json!({}),
+    };
+    let mut annotations = BTreeMap::from([
+        (ELECT.to_string(), String::new()),
+        (lifecycle::RUN_FOR.to_string(), run_for.to_string()),
+        (lifecycle::exit_code_of("main"), exit_code.to_string()),
+        (
+            lifecycle::message_of("main"),
+            "from the delegate".to_string(),
+        ),
+    ]);
+    if let Some(cluster) = pinned {
+        annotations.insert(CLUSTER_NAME.into(), cluster.into());
+    }
+    let saved = json!({
+        "metadata": { "name": name, "namespace": ns.name, "annotations": annotations, "labels": { "app": "test" } },
+        "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "busybox", "resources": resources }] },
+    });
+    annotations.insert(
+        SOURCEPOD_MANIFEST.into(),
+        ManifestKey::from_bytes(KEY)
+            .unwrap()
+            .seal(&ns.name, &saved.to_string()),
+    );
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": { PROXY_LABEL: "true", "app": "test" },
+            "annotations": annotations,
+            "finalizers": [CLEANUP_FINALIZER],
+        },
+        "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "proxy-waiter" }] },
+    }))
+    .unwrap()
+}
+
+pub fn phase(pod: Option<&Pod>) -> Option<&str> {
+    pod.and_then(|p| p.status.as_ref()?.phase.as_deref())
+}
