@@ -303,9 +303,11 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
 /// Places the delegate and, when a cluster is chosen, reserves its room at once.
 fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placement {
     let mut in_flight = context.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    // A target whose caches are still loading would look emptier than it is.
     let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = context
         .targets
         .iter()
+        .filter(|t| t.synced() || pinned == Some(t.name.as_str()))
         .map(|t| {
             let nodes: Vec<_> = t.nodes.state().iter().map(|n| (**n).clone()).collect();
             let pods: Vec<_> = t.pods.state().iter().map(|p| (**p).clone()).collect();

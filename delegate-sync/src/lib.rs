@@ -40,6 +40,7 @@ pub async fn run(
         started.push(target);
         wakeups.push(events);
     }
+    wait_for_caches(&started).await;
     tracing::info!(cluster = %cluster_name, targets = ?targets.iter().map(|t| &t.name).collect::<Vec<_>>(), "reconciling proxies");
     let context = Arc::new(controller::Context::new(
         cluster_name,
@@ -55,4 +56,20 @@ pub async fn run(
     )
     .await;
     Ok(())
+}
+
+/// Gives every target a moment to load its caches, so that the first placements see whole
+/// clusters; a target that is still unreachable afterwards is left out of placement until its
+/// caches load.
+async fn wait_for_caches(targets: &[targets::Target]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if targets.iter().all(targets::Target::synced) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for target in targets.iter().filter(|t| !t.synced()) {
+        tracing::warn!(target = %target.name, "caches not loaded yet: left out of placement until they are");
+    }
 }
