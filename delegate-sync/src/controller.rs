@@ -300,6 +300,39 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     }
 }
 
+/// The pods of a target as placement must count them: its pod cache, corrected by its delegate
+/// cache, which may have seen a delegate bound before the pod cache did (two watches, no common
+/// order); and the delegates not bound yet.
+fn occupancy(target: &Target) -> (Vec<Pod>, Vec<PodSpec>) {
+    let mut pods: BTreeMap<(String, String), Pod> = target
+        .pods
+        .state()
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace().unwrap_or_default(), p.name_any()),
+                (**p).clone(),
+            )
+        })
+        .collect();
+    let mut unbound = Vec::new();
+    for delegate in target.delegates.state() {
+        let key = (
+            delegate.namespace().unwrap_or_default(),
+            delegate.name_any(),
+        );
+        let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+        if bound(&delegate) {
+            if !pods.get(&key).is_some_and(bound) {
+                pods.insert(key, (*delegate).clone());
+            }
+        } else if !pods.get(&key).is_some_and(bound) {
+            unbound.extend(delegate.spec.clone());
+        }
+    }
+    (pods.into_values().collect(), unbound)
+}
+
 /// Places the delegate and, when a cluster is chosen, reserves its room at once.
 fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placement {
     let mut in_flight = context.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,17 +343,17 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .filter(|t| t.synced() || pinned == Some(t.name.as_str()))
         .map(|t| {
             let nodes: Vec<_> = t.nodes.state().iter().map(|n| (**n).clone()).collect();
-            let pods: Vec<_> = t.pods.state().iter().map(|p| (**p).clone()).collect();
-            let mut unbound: Vec<PodSpec> = t
-                .delegates
-                .state()
-                .iter()
-                .filter_map(|d| d.spec.clone())
-                .filter(|s| s.node_name.is_none())
-                .collect();
-            // Reservations whose delegate the cache already shows are counted there.
+            let (pods, mut unbound) = occupancy(t);
+            // Reservations whose delegate a cache already shows are counted there.
             let reserved = in_flight.entry(t.name.clone()).or_default();
-            reserved.retain(|r| t.delegate(&r.namespace, &r.name).is_none());
+            reserved.retain(|r| {
+                t.delegate(&r.namespace, &r.name).is_none()
+                    && t.pods
+                        .get(
+                            &kube::runtime::reflector::ObjectRef::new(&r.name).within(&r.namespace),
+                        )
+                        .is_none()
+            });
             unbound.extend(reserved.iter().map(|r| r.spec.clone()));
             (t.name.clone(), nodes, pods, unbound)
         })

@@ -64,12 +64,12 @@ pub async fn run(
 async fn wait_for_caches(targets: &[targets::Target]) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     while tokio::time::Instant::now() < deadline {
-        if targets.iter().all(targets::Target::synced) {
+        if targets.iter().all(targets::Target::capacity_synced) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    for target in targets.iter().filter(|t| !t.synced()) {
+    for target in targets.iter().filter(|t| !t.capacity_synced()) {
         tracing::warn!(target = %target.name, "caches not loaded yet: left out of placement until they are");
     }
 }

@@ -122,21 +122,29 @@ impl Target {
         ))
     }
 
-    /// True once the caches hold a full listing.
+    /// True once every cache holds a full listing (a store is ready after its first list).
     pub fn synced(&self) -> bool {
-        // A store is ready after its first complete list.
-        futures::FutureExt::now_or_never(self.delegates.wait_until_ready())
-            .is_some_and(|r| r.is_ok())
-            && futures::FutureExt::now_or_never(self.nodes.wait_until_ready())
-                .is_some_and(|r| r.is_ok())
-            && futures::FutureExt::now_or_never(self.pods.wait_until_ready())
-                .is_some_and(|r| r.is_ok())
+        self.capacity_synced() && ready(&self.delegates)
+    }
+
+    /// True once the node and pod caches are loaded. (The delegate cache fills only once the
+    /// controller polls its events.)
+    pub fn capacity_synced(&self) -> bool {
+        ready(&self.nodes) && ready(&self.pods)
     }
 
     /// The delegate named `name` in `namespace`, from the cache.
     pub fn delegate(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.delegates.get(&ObjectRef::new(name).within(namespace))
     }
+}
+
+fn ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 
 /// The proxy a delegate points back to.
