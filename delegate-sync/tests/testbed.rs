@@ -224,3 +224,59 @@ async fn annotations_are_mirrored_and_a_lost_delegate_fails_the_proxy() {
         "a terminal proxy is never re-run"
     );
 }
+
+#[tokio::test]
+async fn a_controller_killed_mid_burst_and_restarted_neither_loses_nor_duplicates() {
+    let env = TestEnv::get().await.unwrap();
+    let ns = env.namespace("dsync-restart").await.unwrap();
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    let first = Controller::start(env);
+    for i in 0..20 {
+        let pod = proxy(&ns, &format!("burst-{i}"), None, "3s", 0);
+        proxies.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(first); // aborted mid-burst, like a SIGKILL
+    let _second = Controller::start(env);
+
+    let only_proxies = ListParams::default().labels("multicluster.admiralty.io/proxy=true");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = proxies.list(&only_proxies).await.unwrap().items;
+        let done = all
+            .iter()
+            .filter(|p| phase(Some(p)) == Some("Succeeded"))
+            .count();
+        if done == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of 20 proxies succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut delegates_per_proxy = std::collections::BTreeMap::<String, usize>::new();
+    for cluster in ["cluster1", "cluster2"] {
+        let pods = ns.api::<Pod>(cluster).await.unwrap();
+        let delegates = pods
+            .list(&ListParams::default().labels("multicluster.admiralty.io/delegate=true"))
+            .await
+            .unwrap();
+        for delegate in delegates.items {
+            let uid =
+                delegate.metadata.labels.unwrap_or_default()["multicluster.admiralty.io/proxy-uid"]
+                    .clone();
+            *delegates_per_proxy.entry(uid).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        delegates_per_proxy.len(),
+        20,
+        "every proxy got its delegate"
+    );
+    assert!(
+        delegates_per_proxy.values().all(|n| *n == 1),
+        "no duplicates: {delegates_per_proxy:?}"
+    );
+}
