@@ -35,6 +35,13 @@ pub struct Args {
     /// Seconds between attempts to place a proxy that fits nowhere yet.
     #[arg(long, env = "DELEGATE_SYNC_PENDING_RETRY_SECONDS", default_value_t = 2)]
     pub pending_retry_seconds: u64,
+    /// Plain-HTTP address of /livez, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "DELEGATE_SYNC_ADMIN_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_address: std::net::SocketAddr,
     /// Log filter, e.g. `info` or `delegate_sync=debug`.
     #[arg(long, env = "DELEGATE_SYNC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -92,6 +99,7 @@ pub struct Config {
     pub targets: Vec<TargetSpec>,
     pub key: ManifestKey,
     pub pending_retry: Duration,
+    pub admin_address: std::net::SocketAddr,
 }
 
 impl Args {
@@ -103,6 +111,7 @@ impl Args {
             targets,
             manifest_key_file,
             pending_retry_seconds,
+            admin_address,
             log_level: _,
         } = self;
         let bytes = std::fs::read(&manifest_key_file).with_context(|| {
@@ -120,6 +129,7 @@ impl Args {
             targets,
             key,
             pending_retry: Duration::from_secs(pending_retry_seconds.max(1)),
+            admin_address,
         })
     }
 }

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::{
     delegate::{self, ProxyRef},
+    metrics::Metrics,
     outcome,
     placement::{self, ClusterView, Placement},
     targets::Target,
@@ -76,6 +77,7 @@ pub struct Context {
     pub key: ManifestKey,
     pub recorder: Recorder,
     pub pending_retry: Duration,
+    pub metrics: Arc<Metrics>,
     /// Delegates decided but not yet in the target's cache, per cluster: placement counts
     /// them. Decided and reserved under one lock, so concurrent reconciliations of a burst
     /// never count the same room twice.
@@ -89,6 +91,7 @@ impl Context {
         targets: Vec<Target>,
         key: ManifestKey,
         pending_retry: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter {
             controller: "delegate-sync".into(),
@@ -101,6 +104,7 @@ impl Context {
             targets,
             key,
             pending_retry,
+            metrics,
             in_flight: Mutex::default(),
         }
     }
@@ -117,6 +121,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let proxies: Api<Pod> = Api::all(context.source.clone());
+    let metrics = context.metrics.clone();
     Controller::new(
         proxies,
         watcher::Config::default().labels(&format!("{PROXY_LABEL}=true")),
@@ -124,17 +129,33 @@ pub async fn run(
     .reconcile_on(delegate_events)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        match result {
-            Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
-            Err(e) => tracing::warn!("reconcile failed: {e}"),
+    .for_each(|result| {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics
+            .reconciliations
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+            .inc();
+        async move {
+            match result {
+                Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
+                Err(e) => tracing::warn!("reconcile failed: {e}"),
+            }
         }
     })
     .await;
 }
 
-fn error_policy(_proxy: Arc<Pod>, error: &Error, _context: Arc<Context>) -> Action {
+fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Action {
     tracing::warn!(kind = error.metric_label(), "{error}");
+    let cluster = match error {
+        Error::Target { cluster, .. } => cluster.as_str(),
+        _ => context.cluster_name.as_str(),
+    };
+    context
+        .metrics
+        .api_errors
+        .get_or_create(&Metrics::cluster(cluster))
+        .inc();
     Action::requeue(match error {
         Error::Target { .. } => Duration::from_secs(5),
         _ => Duration::from_secs(2),
@@ -201,9 +222,38 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 }),
                 spec: spec.clone(),
             };
+            let reservation_name = reservation.name.clone();
             match choose(reservation, pinned, &context) {
                 Placement::Cluster(name) => {
-                    patch_annotations(&api, &proxy, json!({ TARGET_CLUSTER: name })).await?;
+                    // Only on the proxy as we saw it: another replica that decided meanwhile wins,
+                    // and this one follows its decision on the next pass.
+                    let decision = json!({ "metadata": {
+                        "resourceVersion": proxy.resource_version(),
+                        "annotations": { TARGET_CLUSTER: name },
+                    }});
+                    match api
+                        .patch(
+                            &proxy.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(decision),
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if api_code(&e) == Some(409) => {
+                            forget_in_flight(&context, &name, &reservation_name);
+                            return Ok(Action::requeue(Duration::from_millis(100)));
+                        }
+                        Err(e) => {
+                            forget_in_flight(&context, &name, &reservation_name);
+                            return Err(Error::Source(e));
+                        }
+                    }
+                    context
+                        .metrics
+                        .placements
+                        .get_or_create(&Metrics::cluster(&name))
+                        .inc();
                     publish(
                         &context,
                         &proxy,
@@ -433,6 +483,12 @@ async fn create_delegate(
         }
     }
     patch_annotations(api, proxy, json!({ DELEGATE_NAME: delegate_name })).await?;
+    if let Some(created) = &proxy.metadata.creation_timestamp {
+        context
+            .metrics
+            .delegate_created_seconds
+            .observe(seconds_since(&created.0));
+    }
     publish(
         context,
         proxy,
@@ -482,7 +538,15 @@ async fn mirror(
                 "DelegateFailed"
             };
             let note = format!("delegate {} ended: {:?}", delegate.name_any(), result.phase);
-            record_result(api, proxy, context, result, EventType::Normal, reason, note).await
+            let recorded =
+                record_result(api, proxy, context, result, EventType::Normal, reason, note).await;
+            if let (Ok(_), Some(ended)) = (&recorded, ended_at(delegate)) {
+                context
+                    .metrics
+                    .result_recorded_seconds
+                    .observe(seconds_since(&ended));
+            }
+            recorded
         }
     }
 }
@@ -591,6 +655,33 @@ async fn clean_up(
         Err(e) if matches!(api_code(&e), Some(404 | 422)) => Ok(Action::await_change()),
         Err(e) => Err(Error::Source(e)),
     }
+}
+
+fn seconds_since(then: &k8s_openapi::jiff::Timestamp) -> f64 {
+    k8s_openapi::jiff::Timestamp::now()
+        .duration_since(*then)
+        .as_secs_f64()
+        .max(0.0)
+}
+
+/// When the delegate's last container ended.
+fn ended_at(delegate: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    let status = delegate.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .filter_map(|c| {
+            c.state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .finished_at
+                .as_ref()
+                .map(|t| t.0)
+        })
+        .max()
 }
 
 fn api_code(error: &kube::Error) -> Option<u16> {

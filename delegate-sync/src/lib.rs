@@ -10,6 +10,7 @@
 pub mod args;
 pub mod controller;
 pub mod delegate;
+pub mod metrics;
 pub mod outcome;
 pub mod placement;
 pub mod quantity;
@@ -19,7 +20,8 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 
-/// Connects to the source and every target, then reconciles proxies until `shutdown`.
+/// Connects to the source and every target, serves the admin port, then reconciles proxies
+/// until `shutdown`.
 pub async fn run(
     config: args::Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -31,7 +33,19 @@ pub async fn run(
         targets,
         key,
         pending_retry,
+        admin_address,
     } = config;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    let admin = Arc::new(admin::Admin {
+        ready: false.into(),
+        registry,
+    });
+    let listener = tokio::net::TcpListener::bind(admin_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --admin-address {admin_address}: {e}"))?;
+    let admin_task = tokio::spawn(admin::serve(listener, admin.clone()));
+
     let source = targets::client(kubeconfig.as_deref(), context.as_deref()).await?;
     let mut started = Vec::new();
     let mut wakeups = Vec::new();
@@ -41,6 +55,11 @@ pub async fn run(
         wakeups.push(events);
     }
     wait_for_caches(&started).await;
+    let readiness = tokio::spawn(track_readiness(
+        started.clone(),
+        admin.clone(),
+        metrics.clone(),
+    ));
     tracing::info!(cluster = %cluster_name, targets = ?targets.iter().map(|t| &t.name).collect::<Vec<_>>(), "reconciling proxies");
     let context = Arc::new(controller::Context::new(
         cluster_name,
@@ -48,6 +67,7 @@ pub async fn run(
         started,
         key,
         pending_retry,
+        metrics,
     ));
     controller::run(
         context,
@@ -55,7 +75,44 @@ pub async fn run(
         shutdown,
     )
     .await;
+    admin
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    readiness.abort();
+    admin_task.abort();
     Ok(())
+}
+
+/// Ready while at least one target's caches are loaded; each target's state is a metric and
+/// is logged when it changes.
+async fn track_readiness(
+    targets: Vec<targets::Target>,
+    admin: Arc<admin::Admin>,
+    metrics: Arc<metrics::Metrics>,
+) {
+    let mut last: Vec<Option<bool>> = vec![None; targets.len()];
+    loop {
+        for (target, last) in targets.iter().zip(last.iter_mut()) {
+            let synced = target.synced();
+            metrics
+                .target_synced
+                .get_or_create(&metrics::Metrics::cluster(&target.name))
+                .set(i64::from(synced));
+            if *last != Some(synced) {
+                if synced {
+                    tracing::info!(target = %target.name, "target caches loaded");
+                } else {
+                    tracing::warn!(target = %target.name, "target not loaded (unreachable or still listing); retrying");
+                }
+                *last = Some(synced);
+            }
+        }
+        admin.ready.store(
+            last.contains(&Some(true)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// Gives every target a moment to load its caches, so that the first placements see whole

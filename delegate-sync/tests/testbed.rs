@@ -17,7 +17,7 @@ use serde_json::json;
 async fn pinned_proxy_runs_in_cluster2_ends_with_its_code_and_cleans_up() {
     let env = TestEnv::get().await.unwrap();
     let ns = env.namespace("dsync").await.unwrap();
-    let _controller = Controller::start(env);
+    let controller = Controller::start(env);
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
     let delegates = ns.api::<Pod>("cluster2").await.unwrap();
     proxies
@@ -72,6 +72,34 @@ async fn pinned_proxy_runs_in_cluster2_ends_with_its_code_and_cleans_up() {
     assert_eq!(
         (terminated.exit_code, terminated.message.as_deref()),
         (3, Some("from the delegate"))
+    );
+
+    let (status, _) = admin_get(controller.admin, "/readyz").await;
+    assert!(
+        status.contains("200"),
+        "ready once target caches are loaded: {status}"
+    );
+    let (_, metrics) = admin_get(controller.admin, "/metrics").await;
+    // Every test of this binary runs a controller of its own and they all see every proxy,
+    // so which one placed this proxy varies (a family without samples is not listed): check
+    // what every controller reports.
+    for expected in [
+        r#"delegate_sync_target_synced{cluster="cluster1"} 1"#,
+        r#"delegate_sync_target_synced{cluster="cluster2"} 1"#,
+        "delegate_sync_delegate_created_seconds_count",
+        "delegate_sync_result_recorded_seconds_count",
+        r#"delegate_sync_reconciliations_total{outcome="ok"}"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+    assert!(
+        admin_get(controller.admin, "/livez")
+            .await
+            .0
+            .contains("200")
     );
 
     proxies

@@ -2,9 +2,8 @@
 //!
 //! [`mutate`] is the pure rewrite, [`review`] the AdmissionReview protocol around it,
 //! [`service`] the HTTP routing, [`tls`] certificates re-read as they rotate, [`server`] the
-//! listeners and graceful shutdown, [`admin`] health and metrics.
+//! listeners and graceful shutdown; health and metrics are served by the `admin` crate.
 
-pub mod admin;
 pub mod args;
 pub mod metrics;
 pub mod mutate;

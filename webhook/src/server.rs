@@ -17,7 +17,9 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{admin::Admin, service::App};
+use admin::Admin;
+
+use crate::service::App;
 
 /// Limits that protect the server from slow or numerous clients.
 #[derive(Clone, Debug)]

@@ -16,12 +16,18 @@ pub const KEY: &[u8] = b"delegate-sync-tests-key-0123456789abcdef";
 
 /// Runs the controller in this process until dropped.
 pub struct Controller {
+    /// Where its /livez, /readyz and /metrics are served.
+    pub admin: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Controller {
     pub fn start(env: &TestEnv) -> Self {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let kubeconfig = env.kubeconfig().clone();
         let config = Config {
             cluster_name: "cluster1".into(),
@@ -41,12 +47,14 @@ impl Controller {
             ],
             key: ManifestKey::from_bytes(KEY).unwrap(),
             pending_retry: Duration::from_secs(1),
+            admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(delegate_sync::run(config, async move {
             let _ = stopped.await;
         }));
         Self {
+            admin,
             stop: Some(stop),
             task,
         }
@@ -123,4 +131,24 @@ pub fn proxy_requesting(
 
 pub fn phase(pod: Option<&Pod>) -> Option<&str> {
     pod.and_then(|p| p.status.as_ref()?.phase.as_deref())
+}
+
+/// GET of an admin path: (status line, body).
+pub async fn admin_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for _ in 0..50 {
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(address).await {
+            let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            let mut text = String::new();
+            tcp.read_to_string(&mut text).await.unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            return (
+                head.lines().next().unwrap_or_default().to_string(),
+                body.to_string(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("admin port {address} never answered")
 }

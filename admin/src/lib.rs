@@ -1,5 +1,6 @@
-//! The plain-HTTP admin port: `/livez` (the process serves), `/readyz` (certificates loaded and
-//! not shutting down) and `/metrics` (Prometheus text).
+//! The plain-HTTP admin port every piece serves: `/livez` (the process serves), `/readyz` (what
+//! "ready" means is the piece's to say: certificates loaded, caches synced; false again while
+//! shutting down) and `/metrics` (Prometheus text of one registry).
 
 use std::{
     convert::Infallible,

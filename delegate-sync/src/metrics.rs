@@ -1,0 +1,85 @@
+//! Prometheus metrics of delegate-sync (labels bounded: outcomes and configured cluster names).
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub reconciliations: Family<OutcomeLabel, Counter>,
+    pub placements: Family<ClusterLabel, Counter>,
+    pub api_errors: Family<ClusterLabel, Counter>,
+    pub target_synced: Family<ClusterLabel, Gauge>,
+    /// Proxy created → delegate created.
+    pub delegate_created_seconds: Histogram,
+    /// Delegate ended → result recorded on the proxy.
+    pub result_recorded_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let buckets = || {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.01, 2.0, 14,
+            ))
+        };
+        let metrics = Self {
+            reconciliations: Family::default(),
+            placements: Family::default(),
+            api_errors: Family::default(),
+            target_synced: Family::default(),
+            delegate_created_seconds: buckets(),
+            result_recorded_seconds: buckets(),
+        };
+        let sub = registry.sub_registry_with_prefix("delegate_sync");
+        sub.register(
+            "reconciliations",
+            "Proxy reconciliations, by outcome",
+            metrics.reconciliations.clone(),
+        );
+        sub.register(
+            "placements",
+            "Delegates placed, by target cluster",
+            metrics.placements.clone(),
+        );
+        sub.register(
+            "api_errors",
+            "API errors, by cluster",
+            metrics.api_errors.clone(),
+        );
+        sub.register(
+            "target_synced",
+            "1 when a target's caches are loaded",
+            metrics.target_synced.clone(),
+        );
+        sub.register(
+            "delegate_created_seconds",
+            "Time from proxy creation to delegate creation",
+            metrics.delegate_created_seconds.clone(),
+        );
+        sub.register(
+            "result_recorded_seconds",
+            "Time from the delegate's end to its result on the proxy",
+            metrics.result_recorded_seconds.clone(),
+        );
+        metrics
+    }
+
+    pub fn cluster(name: &str) -> ClusterLabel {
+        ClusterLabel {
+            cluster: name.to_string(),
+        }
+    }
+}
