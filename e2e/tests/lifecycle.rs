@@ -38,6 +38,11 @@ async fn private_test_bed_is_idempotent_and_stops_cleanly() -> anyhow::Result<()
 
     service_account_kubeconfig_has_only_granted_rights(&again).await?;
 
+    // A state file from another build (or corrupt) must not leave processes behind.
+    std::fs::write(
+        dir.join("state.json"),
+        r#"{"clusters": "from another build"}"#,
+    )?;
     Testbed::down(&dir)?;
     for pid in pids {
         assert!(

@@ -163,6 +163,9 @@ impl Testbed {
         if let Ok(testbed) = Self::attach(dir) {
             testbed.stop_processes();
         }
+        // A state file that is missing, corrupt or from an older build must not leave
+        // processes behind: every process of ours names the state directory in its arguments.
+        process::stop_all(&process::started_in(dir), Duration::from_secs(10));
         match fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove {}", dir.display()))

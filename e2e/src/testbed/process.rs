@@ -91,6 +91,46 @@ pub fn stop_all(processes: &[ProcessRecord], grace: Duration) {
     }
 }
 
+/// The programs a test bed runs.
+const OUR_PROGRAMS: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+];
+
+/// Every running test bed program whose arguments name a path inside `dir` (the test bed's
+/// state directory). Other processes that mention the directory (shells, make) are never ours.
+pub fn started_in(dir: &Path) -> Vec<ProcessRecord> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let needle = dir.display().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != std::process::id() as i32)
+        .filter_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let mut args = cmdline.split(' ');
+            let program = Path::new(args.next()?).file_name()?.to_str()?.to_string();
+            let ours = OUR_PROGRAMS.contains(&program.as_str())
+                && args.any(|arg| arg.contains(&format!("{needle}/")));
+            let (_, start_ticks) = stat(pid)?;
+            ours.then(|| ProcessRecord {
+                name: program,
+                pid,
+                log: PathBuf::new(),
+                start_ticks,
+            })
+        })
+        .collect()
+}
+
 /// State letter and start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
 fn stat(pid: i32) -> Option<(char, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
