@@ -205,6 +205,13 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
             .await;
         }
     };
+    let proxy_ref = ProxyRef {
+        cluster: context.cluster_name.clone(),
+        namespace: namespace.clone(),
+        name: proxy.name_any(),
+        uid: proxy.uid().unwrap_or_default(),
+    };
+    let delegate_name = delegate::delegate_name(&proxy_ref);
     let target_name = match annotations.get(TARGET_CLUSTER) {
         Some(name) => name.clone(),
         None => {
@@ -214,15 +221,9 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 .and_then(Value::as_str);
             let reservation = InFlight {
                 namespace: namespace.clone(),
-                name: delegate::delegate_name(&ProxyRef {
-                    cluster: context.cluster_name.clone(),
-                    namespace: namespace.clone(),
-                    name: proxy.name_any(),
-                    uid: proxy.uid().unwrap_or_default(),
-                }),
+                name: delegate_name.clone(),
                 spec: spec.clone(),
             };
-            let reservation_name = reservation.name.clone();
             match choose(reservation, pinned, &context) {
                 Placement::Cluster(name) => {
                     // Only on the proxy as we saw it: another replica that decided meanwhile wins,
@@ -241,11 +242,11 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                     {
                         Ok(_) => {}
                         Err(e) if api_code(&e) == Some(409) => {
-                            forget_in_flight(&context, &name, &reservation_name);
+                            forget_in_flight(&context, &name, &delegate_name);
                             return Ok(Action::requeue(Duration::from_millis(100)));
                         }
                         Err(e) => {
-                            forget_in_flight(&context, &name, &reservation_name);
+                            forget_in_flight(&context, &name, &delegate_name);
                             return Err(Error::Source(e));
                         }
                     }
@@ -296,13 +297,6 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
         publish(&context, &proxy, EventType::Warning, "UnknownCluster", note).await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
-    let proxy_ref = ProxyRef {
-        cluster: context.cluster_name.clone(),
-        namespace: namespace.clone(),
-        name: proxy.name_any(),
-        uid: proxy.uid().unwrap_or_default(),
-    };
-    let delegate_name = delegate::delegate_name(&proxy_ref);
     match target.delegate(&namespace, &delegate_name) {
         Some(delegate) => {
             forget_in_flight(&context, &target.name, &delegate_name);
@@ -353,17 +347,12 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
 /// The pods of a target as placement must count them: its pod cache, corrected by its delegate
 /// cache, which may have seen a delegate bound before the pod cache did (two watches, no common
 /// order); and the delegates not bound yet.
-fn occupancy(target: &Target) -> (Vec<Pod>, Vec<PodSpec>) {
-    let mut pods: BTreeMap<(String, String), Pod> = target
+fn occupancy(target: &Target) -> (Vec<Arc<Pod>>, Vec<PodSpec>) {
+    let mut pods: BTreeMap<(String, String), Arc<Pod>> = target
         .pods
         .state()
-        .iter()
-        .map(|p| {
-            (
-                (p.namespace().unwrap_or_default(), p.name_any()),
-                (**p).clone(),
-            )
-        })
+        .into_iter()
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
         .collect();
     let mut unbound = Vec::new();
     for delegate in target.delegates.state() {
@@ -373,10 +362,10 @@ fn occupancy(target: &Target) -> (Vec<Pod>, Vec<PodSpec>) {
         );
         let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
         if bound(&delegate) {
-            if !pods.get(&key).is_some_and(bound) {
-                pods.insert(key, (*delegate).clone());
+            if !pods.get(&key).is_some_and(|p| bound(p)) {
+                pods.insert(key, delegate);
             }
-        } else if !pods.get(&key).is_some_and(bound) {
+        } else if !pods.get(&key).is_some_and(|p| bound(p)) {
             unbound.extend(delegate.spec.clone());
         }
     }
@@ -392,7 +381,7 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .iter()
         .filter(|t| t.synced() || pinned == Some(t.name.as_str()))
         .map(|t| {
-            let nodes: Vec<_> = t.nodes.state().iter().map(|n| (**n).clone()).collect();
+            let nodes = t.nodes.state();
             let (pods, mut unbound) = occupancy(t);
             // Reservations whose delegate a cache already shows are counted there.
             let reserved = in_flight.entry(t.name.clone()).or_default();
@@ -440,7 +429,7 @@ async fn create_delegate(
     target: &Target,
     context: &Context,
 ) -> Result<Action, Error> {
-    let delegate = match delegate::build(&saved.to_string(), proxy_ref) {
+    let delegate = match delegate::build(saved, proxy_ref) {
         Ok(delegate) => delegate,
         Err(e) => return reject(proxy, api, context, &e.to_string()).await,
     };

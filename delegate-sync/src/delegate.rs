@@ -68,10 +68,8 @@ pub fn prefixed_label(key: &str) -> String {
     }
 }
 
-/// The delegate pod (JSON) from the saved manifest's JSON.
-pub fn build(saved_json: &str, proxy: &ProxyRef) -> Result<Value, DelegateError> {
-    let saved: Value =
-        serde_json::from_str(saved_json).map_err(|e| DelegateError::NotAPod(e.to_string()))?;
+/// The delegate pod (JSON) from the verified saved manifest.
+pub fn build(saved: &Value, proxy: &ProxyRef) -> Result<Value, DelegateError> {
     let metadata = saved.get("metadata").and_then(Value::as_object);
     let mut spec = saved
         .get("spec")
@@ -229,7 +227,7 @@ mod tests {
 
     #[test]
     fn the_delegate_is_the_saved_pod_with_references_and_no_source_credentials() {
-        let delegate = build(SAVED, &proxy("step")).unwrap();
+        let delegate = build(&serde_json::from_str(SAVED).unwrap(), &proxy("step")).unwrap();
         assert_eq!(delegate["metadata"]["name"], "cluster1-team-a-step");
         assert_eq!(delegate["metadata"]["namespace"], "team-a");
         let labels = &delegate["metadata"]["labels"];
@@ -263,7 +261,13 @@ mod tests {
 
     #[test]
     fn a_manifest_that_is_not_a_pod_is_refused() {
-        assert!(build("{", &proxy("p")).is_err());
-        assert!(build(r#"{"metadata":{},"spec":{"containers":[]}}"#, &proxy("p")).is_err());
+        assert!(build(&json!("not an object"), &proxy("p")).is_err());
+        assert!(
+            build(
+                &json!({ "metadata": {}, "spec": { "containers": [] } }),
+                &proxy("p")
+            )
+            .is_err()
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! yet bound are first placed into the bins (the 2019 implementation forgot them, so bursts
 //! over-committed a cluster). Ties go to the cluster listed first.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::core::v1::{
     Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
@@ -22,9 +22,9 @@ pub type Resources = BTreeMap<String, i128>;
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterView<'a> {
     pub name: &'a str,
-    pub nodes: &'a [Node],
+    pub nodes: &'a [Arc<Node>],
     /// Every pod of the cluster (terminal ones are ignored).
-    pub pods: &'a [Pod],
+    pub pods: &'a [Arc<Pod>],
     /// Delegates sent to this cluster and not yet bound to a node.
     pub in_flight: &'a [PodSpec],
 }
@@ -91,7 +91,7 @@ pub fn replicas(spec: &PodSpec, cluster: &ClusterView<'_>) -> Result<i128, Strin
     for node in cluster.nodes {
         match unusable(node, spec) {
             Some(reason) => *skipped.entry(reason).or_default() += 1,
-            None => bins.push((node, free(node, cluster.pods))),
+            None => bins.push((&**node, free(node, cluster.pods))),
         }
     }
     if bins.is_empty() {
@@ -185,7 +185,7 @@ fn max_into(into: &mut Resources, other: &Resources) {
 }
 
 /// Allocatable minus the requests of the non-terminal pods bound to the node.
-fn free(node: &Node, pods: &[Pod]) -> Resources {
+fn free(node: &Node, pods: &[Arc<Pod>]) -> Resources {
     let name = node.metadata.name.as_deref();
     let mut free: Resources = node
         .status
@@ -334,7 +334,7 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn node(name: &str, cpu: &str, extra: Value) -> Node {
+    fn node(name: &str, cpu: &str, extra: Value) -> Arc<Node> {
         let mut node = json!({
             "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
             "spec": {},
@@ -344,7 +344,7 @@ mod tests {
             },
         });
         merge(&mut node, extra);
-        serde_json::from_value(node).unwrap()
+        Arc::new(serde_json::from_value(node).unwrap())
     }
 
     fn merge(base: &mut Value, extra: Value) {
@@ -360,13 +360,13 @@ mod tests {
         }
     }
 
-    fn pod_on(node: &str, cpu: &str, phase: &str) -> Pod {
-        serde_json::from_value(json!({
+    fn pod_on(node: &str, cpu: &str, phase: &str) -> Arc<Pod> {
+        Arc::new(serde_json::from_value(json!({
             "metadata": { "name": format!("on-{node}-{cpu}") },
             "spec": { "nodeName": node, "containers": [{ "name": "c", "resources": { "requests": { "cpu": cpu } } }] },
             "status": { "phase": phase },
         }))
-        .unwrap()
+        .unwrap())
     }
 
     fn spec(value: Value) -> PodSpec {
@@ -380,17 +380,17 @@ mod tests {
     }
 
     struct Blog {
-        nodes: [Vec<Node>; 2],
-        pods: [Vec<Pod>; 2],
+        nodes: [Vec<Arc<Node>>; 2],
+        pods: [Vec<Arc<Pod>>; 2],
     }
 
     /// The blog's clusters: 3 nodes of 940m; system pods 550/550/740m and 500/600/640m.
     fn blog() -> Blog {
         let cluster = |name: &str, system: [&str; 3]| {
-            let nodes: Vec<Node> = (1..=3)
+            let nodes: Vec<Arc<Node>> = (1..=3)
                 .map(|i| node(&format!("{name}-node{i}"), "940m", json!({})))
                 .collect();
-            let pods: Vec<Pod> = system
+            let pods: Vec<Arc<Pod>> = system
                 .iter()
                 .enumerate()
                 .map(|(i, cpu)| pod_on(&format!("{name}-node{}", i + 1), cpu, "Running"))
