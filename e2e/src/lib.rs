@@ -7,9 +7,11 @@
 
 pub mod support;
 pub mod testbed;
+pub mod webhook_registration;
 
 pub use support::{TestEnv, TestNamespace};
 pub use testbed::{Testbed, TestbedConfig};
+pub use webhook_registration::WebhookRegistration;
 
 /// Annotation keys of the test bed's fake pod lifecycle (see `e2e/testbed/stages/`).
 pub mod lifecycle {

@@ -5,17 +5,14 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use base64::Engine as _;
 use contract::manifest::ManifestKey;
 use delegate_sync::args::TargetSpec;
 use e2e::{
     TestEnv, lifecycle,
     support::{unique_name, wait_for},
 };
-use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, batch::v1::Job, core::v1::Pod,
-};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::api::{ListParams, PostParams};
 use serde_json::json;
 
 const KEY: &[u8] = b"journey-test-manifest-key-0123456789abcd";
@@ -23,8 +20,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 struct Running {
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    webhook_configuration: String,
-    kubeconfig: std::path::PathBuf,
+    _registration: e2e::WebhookRegistration,
     dir: std::path::PathBuf,
 }
 
@@ -33,22 +29,6 @@ impl Drop for Running {
         for stop in self.stops.drain(..) {
             let _ = stop.send(());
         }
-        let (name, kubeconfig) = (self.webhook_configuration.clone(), self.kubeconfig.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let client = e2e::testbed::kubeconfig::client(&kubeconfig, "cluster1")
-                    .await
-                    .unwrap();
-                let _ = kube::Api::<MutatingWebhookConfiguration>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -93,30 +73,18 @@ async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
         let _ = webhook_stopped.await;
     }));
 
-    let client = env.client("cluster1").await.unwrap();
-    let name = unique_name("journey");
-    let registration: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "webhooks": [{
-            "name": "proxies.multicluster.admiralty.io",
-            "clientConfig": {
-                "url": format!("https://127.0.0.1:{port}/mutate"),
-                "caBundle": base64::engine::general_purpose::STANDARD.encode(ca.pem().cert),
-            },
-            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }],
-            "namespaceSelector": { "matchLabels": { "multicluster-scheduler": "enabled", "journey": selector } },
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 5,
-        }],
-    }))
+    let registration = e2e::WebhookRegistration::create(
+        env,
+        "cluster1",
+        port,
+        &ca.pem().cert,
+        BTreeMap::from([
+            ("multicluster-scheduler".into(), "enabled".into()),
+            ("journey".into(), selector.to_string()),
+        ]),
+    )
+    .await
     .unwrap();
-    kube::Api::<MutatingWebhookConfiguration>::all(client)
-        .create(&PostParams::default(), &registration)
-        .await
-        .unwrap();
 
     let kubeconfig = env.kubeconfig().clone();
     let sync_config = delegate_sync::args::Config {
@@ -145,8 +113,7 @@ async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
     }));
     Running {
         stops: vec![stop_webhook, stop_sync],
-        webhook_configuration: name,
-        kubeconfig,
+        _registration: registration,
         dir,
     }
 }

@@ -8,97 +8,14 @@ use std::{collections::BTreeMap, time::Duration};
 use common::*;
 use contract::{CLEANUP_FINALIZER, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST};
 use e2e::{TestEnv, support::unique_name};
-use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
-    core::v1::{Namespace, Pod},
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
 const CLUSTER: &str = "cluster1";
-
-/// A MutatingWebhookConfiguration for this test only (its namespaceSelector also requires a
-/// label unique to the test), deleted on drop.
-struct Registration {
-    name: String,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Registration {
-    async fn create(
-        client: &Client,
-        kubeconfig: &std::path::Path,
-        port: u16,
-        ca_bundle: &str,
-        selector: &str,
-    ) -> Self {
-        let name = unique_name("webhook-test");
-        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "webhooks": [{
-                "name": "proxies.multicluster.admiralty.io",
-                "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": base64(ca_bundle) },
-                "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }],
-                "namespaceSelector": { "matchLabels": { "multicluster-scheduler": "enabled", "webhook-test": selector } },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "reinvocationPolicy": "IfNeeded",
-                "timeoutSeconds": 5,
-            }],
-        }))
-        .unwrap();
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .create(&PostParams::default(), &config)
-            .await
-            .unwrap();
-        Self {
-            name,
-            kubeconfig: kubeconfig.to_path_buf(),
-        }
-    }
-
-    async fn set_ca_bundle(&self, client: &Client, ca_bundle: &str) {
-        let patch = json!([{ "op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": base64(ca_bundle) }]);
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .patch(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(serde_json::from_value(patch).unwrap()),
-            )
-            .await
-            .unwrap();
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let client = e2e::testbed::kubeconfig::client(&kubeconfig, CLUSTER)
-                    .await
-                    .unwrap();
-                let _ = Api::<MutatingWebhookConfiguration>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-fn base64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
 
 fn pod(name: &str, elected: bool) -> Pod {
     let annotations = if elected {
@@ -141,14 +58,18 @@ async fn the_apiserver_stores_elected_pods_as_proxies_and_survives_a_cert_rotati
     certs.ca_pem = ca.pem().cert;
     let server = Server::start(config(&certs, "127.0.0.1:0")).await;
     let selector = unique_name("sel");
-    let registration = Registration::create(
-        &client,
-        env.kubeconfig(),
+    let registration = e2e::WebhookRegistration::create(
+        env,
+        CLUSTER,
         server.addr.port(),
         &certs.ca_pem,
-        &selector,
+        BTreeMap::from([
+            ("multicluster-scheduler".into(), "enabled".into()),
+            ("webhook-test".into(), selector.clone()),
+        ]),
     )
-    .await;
+    .await
+    .unwrap();
 
     let enabled = env
         .namespace_with_labels(
@@ -262,7 +183,8 @@ async fn the_apiserver_stores_elected_pods_as_proxies_and_survives_a_cert_rotati
     let new_ca = certs::Authority::generate("testbed-webhook-ca-2", DAY).unwrap();
     registration
         .set_ca_bundle(&client, &format!("{}{}", certs.ca_pem, new_ca.pem().cert))
-        .await;
+        .await
+        .unwrap();
     swap_in(
         &certs,
         &new_ca
@@ -271,7 +193,10 @@ async fn the_apiserver_stores_elected_pods_as_proxies_and_survives_a_cert_rotati
         3,
     );
     certs.ca_pem = new_ca.pem().cert;
-    registration.set_ca_bundle(&client, &certs.ca_pem).await;
+    registration
+        .set_ca_bundle(&client, &certs.ca_pem)
+        .await
+        .unwrap();
     let rotated = retry(|| async {
         pods.create(&PostParams::default(), &pod("after-ca-rotation", true))
             .await
