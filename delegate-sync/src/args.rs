@@ -32,8 +32,9 @@ pub struct Args {
     /// File with the key that verifies saved manifests (the webhook's --manifest-key-file).
     #[arg(long, env = "DELEGATE_SYNC_MANIFEST_KEY_FILE")]
     pub manifest_key_file: PathBuf,
-    /// Seconds between attempts to place a proxy that fits nowhere yet.
-    #[arg(long, env = "DELEGATE_SYNC_PENDING_RETRY_SECONDS", default_value_t = 2)]
+    /// Seconds between attempts to place a proxy that fits nowhere yet. A safety net only:
+    /// pending proxies are retried as soon as a pod ends or a node changes in a target.
+    #[arg(long, env = "DELEGATE_SYNC_PENDING_RETRY_SECONDS", default_value_t = 30)]
     pub pending_retry_seconds: u64,
     /// Plain-HTTP address of /livez, /readyz and /metrics.
     #[arg(

@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::sync::Notify;
+
 use contract::{
     CLEANUP_FINALIZER, CLUSTER_NAME, DELEGATE_NAME, PROXY_LABEL, RESULT, SOURCEPOD_MANIFEST,
     TARGET_CLUSTER, is_own_key, manifest::ManifestKey, result::DelegateResult,
@@ -22,6 +24,7 @@ use kube::{
         Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -117,32 +120,59 @@ impl Context {
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     context: Arc<Context>,
-    delegate_events: futures::stream::BoxStream<'static, kube::runtime::reflector::ObjectRef<Pod>>,
+    delegate_events: futures::stream::BoxStream<'static, ObjectRef<Pod>>,
+    room_freed: Arc<Notify>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let proxies: Api<Pod> = Api::all(context.source.clone());
     let metrics = context.metrics.clone();
-    Controller::new(
+    let controller = Controller::new(
         proxies,
         watcher::Config::default().labels(&format!("{PROXY_LABEL}=true")),
-    )
-    .reconcile_on(delegate_events)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, context)
-    .for_each(|result| {
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics
-            .reconciliations
-            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
-            .inc();
-        async move {
-            match result {
-                Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
-                Err(e) => tracing::warn!("reconcile failed: {e}"),
+    );
+    let unplaced = unplaced_when_room_frees(controller.store(), room_freed);
+    controller
+        .reconcile_on(futures::stream::select(delegate_events, unplaced))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics
+                .reconciliations
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                .inc();
+            async move {
+                match result {
+                    Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
+                    Err(e) => tracing::warn!("reconcile failed: {e}"),
+                }
             }
-        }
+        })
+        .await;
+}
+
+/// The proxies waiting for room, each time room may have appeared in a target (bursts of
+/// endings coalesce into one pass).
+fn unplaced_when_room_frees(
+    proxies: Store<Pod>,
+    room_freed: Arc<Notify>,
+) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
+    futures::stream::unfold((proxies, room_freed), |(proxies, room_freed)| async move {
+        room_freed.notified().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let unplaced: Vec<ObjectRef<Pod>> = proxies
+            .state()
+            .iter()
+            .filter(|p| {
+                let annotations = p.annotations();
+                !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
+            })
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect();
+        Some((futures::stream::iter(unplaced), (proxies, room_freed)))
     })
-    .await;
+    .flatten()
+    .boxed()
 }
 
 fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Action {
@@ -376,10 +406,12 @@ fn occupancy(target: &Target) -> (Vec<Arc<Pod>>, Vec<PodSpec>) {
 fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placement {
     let mut in_flight = context.in_flight.lock().unwrap_or_else(|e| e.into_inner());
     // A target whose caches are still loading would look emptier than it is.
-    let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = context
+    let (loaded, loading): (Vec<&Target>, Vec<&Target>) = context
         .targets
         .iter()
-        .filter(|t| t.synced() || pinned == Some(t.name.as_str()))
+        .partition(|t| t.synced() || pinned == Some(t.name.as_str()));
+    let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = loaded
+        .into_iter()
         .map(|t| {
             let nodes = t.nodes.state();
             let (pods, mut unbound) = occupancy(t);
@@ -406,7 +438,15 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
             in_flight: unbound,
         })
         .collect();
-    let placement = placement::place(&delegate.spec, pinned, &views);
+    let mut placement = placement::place(&delegate.spec, pinned, &views);
+    if let Placement::NoFit(reasons) = &mut placement {
+        reasons.extend(loading.iter().map(|t| {
+            (
+                t.name.clone(),
+                "caches not loaded (unreachable or still listing)".into(),
+            )
+        }));
+    }
     if let Placement::Cluster(name) = &placement {
         let reserved = in_flight.entry(name.clone()).or_default();
         if !reserved

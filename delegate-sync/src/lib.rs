@@ -49,8 +49,10 @@ pub async fn run(
     let source = targets::client(kubeconfig.as_deref(), context.as_deref()).await?;
     let mut started = Vec::new();
     let mut wakeups = Vec::new();
+    let room_freed = Arc::new(tokio::sync::Notify::new());
     for spec in &targets {
-        let (target, events) = targets::Target::start(spec, &source, &cluster_name).await?;
+        let (target, events) =
+            targets::Target::start(spec, &source, &cluster_name, room_freed.clone()).await?;
         started.push(target);
         wakeups.push(events);
     }
@@ -72,6 +74,7 @@ pub async fn run(
     controller::run(
         context,
         futures::stream::select_all(wakeups).boxed(),
+        room_freed,
         shutdown,
     )
     .await;
@@ -121,12 +124,12 @@ async fn track_readiness(
 async fn wait_for_caches(targets: &[targets::Target]) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     while tokio::time::Instant::now() < deadline {
-        if targets.iter().all(targets::Target::capacity_synced) {
+        if targets.iter().all(targets::Target::synced) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    for target in targets.iter().filter(|t| !t.capacity_synced()) {
+    for target in targets.iter().filter(|t| !t.synced()) {
         tracing::warn!(target = %target.name, "caches not loaded yet: left out of placement until they are");
     }
 }

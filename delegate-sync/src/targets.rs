@@ -4,6 +4,8 @@
 
 use std::{path::Path, sync::Arc};
 
+use tokio::sync::Notify;
+
 use anyhow::Context as _;
 use futures::{Stream, StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -56,10 +58,13 @@ pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow:
 impl Target {
     /// Connects to a target and starts its caches; returns the stream of proxies whose delegate
     /// changed there (to wake their reconciliation).
+    /// `room_freed` is notified whenever a pod there ends or goes, or a node changes: room that
+    /// pending proxies may now fit in.
     pub async fn start(
         spec: &TargetSpec,
         source: &Client,
         source_name: &str,
+        room_freed: Arc<Notify>,
     ) -> anyhow::Result<(Self, BoxStream<'static, ObjectRef<Pod>>)> {
         let client = match &spec.kubeconfig {
             None => source.clone(),
@@ -78,6 +83,8 @@ impl Target {
                 nodes_writer,
                 watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
             ),
+            room_freed.clone(),
+            |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
         );
         spawn_reflector(
             &name,
@@ -86,9 +93,11 @@ impl Target {
                 pods_writer,
                 watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
             ),
+            room_freed,
+            frees_room,
         );
         let selector = format!("{DELEGATE_LABEL}=true,{PROXY_CLUSTER}={source_name}");
-        let delegate_events = reflector::reflector(
+        let mut changes = reflector::reflector(
             delegates_writer,
             watcher(
                 Api::<Pod>::all(client.clone()),
@@ -110,6 +119,20 @@ impl Target {
             }
         })
         .boxed();
+        // Driven by a task of its own, so that the delegate cache loads before the controller
+        // starts polling the wake-ups (placement waits for every cache).
+        let (wake, woken) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            while let Some(proxy) = changes.next().await {
+                if wake.send(proxy).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let delegate_events = futures::stream::unfold(woken, |mut woken| async move {
+            woken.recv().await.map(|proxy| (proxy, woken))
+        })
+        .boxed();
         Ok((
             Self {
                 name: spec.name.clone(),
@@ -124,13 +147,7 @@ impl Target {
 
     /// True once every cache holds a full listing (a store is ready after its first list).
     pub fn synced(&self) -> bool {
-        self.capacity_synced() && ready(&self.delegates)
-    }
-
-    /// True once the node and pod caches are loaded. (The delegate cache fills only once the
-    /// controller polls its events.)
-    pub fn capacity_synced(&self) -> bool {
-        ready(&self.nodes) && ready(&self.pods)
+        ready(&self.nodes) && ready(&self.pods) && ready(&self.delegates)
     }
 
     /// The delegate named `name` in `namespace`, from the cache.
@@ -153,8 +170,26 @@ pub fn proxy_of(delegate: &Pod) -> Option<ObjectRef<Pod>> {
     Some(ObjectRef::new(annotations.get(PROXY_NAME)?).within(annotations.get(PROXY_NAMESPACE)?))
 }
 
-fn spawn_reflector<S, K>(target: &str, what: &'static str, stream: S)
-where
+/// A pod that ended or went away, or a cache (re)loaded: room may have appeared.
+fn frees_room(event: &watcher::Event<Pod>) -> bool {
+    match event {
+        watcher::Event::Delete(_) | watcher::Event::InitDone => true,
+        watcher::Event::Apply(pod) => pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed"),
+        watcher::Event::Init | watcher::Event::InitApply(_) => false,
+    }
+}
+
+fn spawn_reflector<S, K>(
+    target: &str,
+    what: &'static str,
+    stream: S,
+    room_freed: Arc<Notify>,
+    frees_room: fn(&watcher::Event<K>) -> bool,
+) where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
 {
@@ -162,8 +197,10 @@ where
     tokio::spawn(async move {
         let mut stream = Box::pin(stream.default_backoff());
         while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(%target, what, "watch failed (retrying): {e}");
+            match event {
+                Ok(event) if frees_room(&event) => room_freed.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%target, what, "watch failed (retrying): {e}"),
             }
         }
     });

@@ -104,7 +104,7 @@ async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
             },
         ],
         key: ManifestKey::from_bytes(KEY).unwrap(),
-        pending_retry: Duration::from_secs(1),
+        pending_retry: Duration::from_secs(600),
         admin_address: "127.0.0.1:0".parse().unwrap(),
     };
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();

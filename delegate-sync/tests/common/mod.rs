@@ -46,7 +46,8 @@ impl Controller {
                 },
             ],
             key: ManifestKey::from_bytes(KEY).unwrap(),
-            pending_retry: Duration::from_secs(1),
+            // Longer than any test waits: pending proxies must be placed by watch events.
+            pending_retry: Duration::from_secs(600),
             admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
