@@ -2,6 +2,8 @@
 //! "ready" means is the piece's to say: certificates loaded, caches synced; false again while
 //! shutting down) and `/metrics` (Prometheus text of one registry).
 
+pub mod process;
+
 use std::{
     convert::Infallible,
     sync::{

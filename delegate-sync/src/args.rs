@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
+use admin::process::LogFormat;
 use anyhow::Context as _;
 use clap::Parser;
 use contract::manifest::ManifestKey;
@@ -34,8 +35,34 @@ pub struct Args {
     pub manifest_key_file: PathBuf,
     /// Seconds between attempts to place a proxy that fits nowhere yet. A safety net only:
     /// pending proxies are retried as soon as a pod ends or a node changes in a target.
-    #[arg(long, env = "DELEGATE_SYNC_PENDING_RETRY_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "DELEGATE_SYNC_PENDING_RETRY_SECONDS",
+        default_value_t = 30
+    )]
     pub pending_retry_seconds: u64,
+    /// After this long unreachable, a target is lost: its running proxies fail with reason
+    /// ClusterLost and deleted proxies are released without deleting their delegates there
+    /// (a duration: 90s, 15m, 1h).
+    #[arg(long, env = "DELEGATE_SYNC_CLUSTER_LOST_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub cluster_lost_timeout: Duration,
+    /// Run only while holding a Lease, so that several replicas are safe (one works, the
+    /// others wait to take over).
+    #[arg(long, env = "DELEGATE_SYNC_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: the pod's own, from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_elect", "true"))]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "DELEGATE_SYNC_LEADER_ELECTION_LEASE_NAME",
+        default_value = "delegate-sync"
+    )]
+    pub leader_election_lease_name: String,
+    /// Who this replica is in the Lease (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub leader_election_identity: Option<String>,
     /// Plain-HTTP address of /livez, /readyz and /metrics.
     #[arg(
         long,
@@ -46,6 +73,38 @@ pub struct Args {
     /// Log filter, e.g. `info` or `delegate_sync=debug`.
     #[arg(long, env = "DELEGATE_SYNC_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log format.
+    #[arg(long, env = "DELEGATE_SYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// A Go-style duration of whole units: `90s`, `15m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration like 90s, 15m or 1h30m");
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let value: u64 = digits.parse().map_err(|_| bad())?;
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 /// Where a target cluster is.
@@ -100,6 +159,9 @@ pub struct Config {
     pub targets: Vec<TargetSpec>,
     pub key: ManifestKey,
     pub pending_retry: Duration,
+    pub cluster_lost_timeout: Duration,
+    /// None: no leader election (one replica).
+    pub leader_election: Option<crate::leader::LeaseSettings>,
     pub admin_address: std::net::SocketAddr,
 }
 
@@ -112,9 +174,24 @@ impl Args {
             targets,
             manifest_key_file,
             pending_retry_seconds,
+            cluster_lost_timeout,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_lease_name,
+            leader_election_identity,
             admin_address,
             log_level: _,
+            log_format: _,
         } = self;
+        let leader_election = match (leader_elect, leader_election_namespace) {
+            (false, _) => None,
+            (true, None) => anyhow::bail!("--leader-elect needs --leader-election-namespace"),
+            (true, Some(namespace)) => Some(crate::leader::LeaseSettings::new(
+                namespace,
+                leader_election_lease_name,
+                leader_election_identity.unwrap_or_else(crate::leader::host_name),
+            )),
+        };
         let bytes = std::fs::read(&manifest_key_file).with_context(|| {
             format!(
                 "cannot read --manifest-key-file {}",
@@ -130,6 +207,8 @@ impl Args {
             targets,
             key,
             pending_retry: Duration::from_secs(pending_retry_seconds.max(1)),
+            cluster_lost_timeout,
+            leader_election,
             admin_address,
         })
     }
@@ -138,6 +217,15 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h30m5s"), Ok(Duration::from_secs(5405)));
+        for bad in ["", "15", "m", "1d", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn targets_parse_with_context_and_self() {

@@ -35,7 +35,7 @@ use crate::{
     metrics::Metrics,
     outcome,
     placement::{self, ClusterView, Placement},
-    targets::Target,
+    targets::{Signals, Target, bounded},
 };
 
 /// Why a reconciliation failed (it is retried with a delay per kind).
@@ -72,6 +72,16 @@ struct InFlight {
     spec: PodSpec,
 }
 
+/// How long the controller waits, for what.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Safety-net retry of proxies that fit nowhere (watch events place them first).
+    pub pending_retry: Duration,
+    /// After this long unreachable, a target's running proxies fail `ClusterLost` and deleted
+    /// proxies are released without deleting their delegates there.
+    pub cluster_lost_timeout: Duration,
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     pub cluster_name: String,
@@ -79,7 +89,7 @@ pub struct Context {
     pub targets: Vec<Target>,
     pub key: ManifestKey,
     pub recorder: Recorder,
-    pub pending_retry: Duration,
+    pub timing: Timing,
     pub metrics: Arc<Metrics>,
     /// Delegates decided but not yet in the target's cache, per cluster: placement counts
     /// them. Decided and reserved under one lock, so concurrent reconciliations of a burst
@@ -93,7 +103,7 @@ impl Context {
         source: Client,
         targets: Vec<Target>,
         key: ManifestKey,
-        pending_retry: Duration,
+        timing: Timing,
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter {
@@ -106,7 +116,7 @@ impl Context {
             source,
             targets,
             key,
-            pending_retry,
+            timing,
             metrics,
             in_flight: Mutex::default(),
         }
@@ -121,7 +131,7 @@ impl Context {
 pub async fn run(
     context: Arc<Context>,
     delegate_events: futures::stream::BoxStream<'static, ObjectRef<Pod>>,
-    room_freed: Arc<Notify>,
+    signals: Signals,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let proxies: Api<Pod> = Api::all(context.source.clone());
@@ -130,9 +140,24 @@ pub async fn run(
         proxies,
         watcher::Config::default().labels(&format!("{PROXY_LABEL}=true")),
     );
-    let unplaced = unplaced_when_room_frees(controller.store(), room_freed);
+    let unplaced = wake_when(controller.store(), signals.room_freed, |proxy| {
+        let annotations = proxy.annotations();
+        !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
+    });
+    // A target that stops or starts answering concerns every proxy placed and not ended, and
+    // every proxy being deleted.
+    let placed = wake_when(controller.store(), signals.reachability_changed, |proxy| {
+        let annotations = proxy.annotations();
+        proxy.metadata.deletion_timestamp.is_some()
+            || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
+    });
+    let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
     controller
-        .reconcile_on(futures::stream::select(delegate_events, unplaced))
+        .reconcile_on(futures::stream::select_all([
+            delegate_events,
+            unplaced,
+            placed,
+        ]))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -149,27 +174,26 @@ pub async fn run(
             }
         })
         .await;
+    sweeping.abort();
 }
 
-/// The proxies waiting for room, each time room may have appeared in a target (bursts of
-/// endings coalesce into one pass).
-fn unplaced_when_room_frees(
+/// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications
+/// coalesce into one pass).
+fn wake_when(
     proxies: Store<Pod>,
-    room_freed: Arc<Notify>,
+    notify: Arc<Notify>,
+    concerned: fn(&Pod) -> bool,
 ) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
-    futures::stream::unfold((proxies, room_freed), |(proxies, room_freed)| async move {
-        room_freed.notified().await;
+    futures::stream::unfold((proxies, notify), move |(proxies, notify)| async move {
+        notify.notified().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let unplaced: Vec<ObjectRef<Pod>> = proxies
+        let woken: Vec<ObjectRef<Pod>> = proxies
             .state()
             .iter()
-            .filter(|p| {
-                let annotations = p.annotations();
-                !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
-            })
+            .filter(|p| concerned(p))
             .map(|p| ObjectRef::from_obj(&**p))
             .collect();
-        Some((futures::stream::iter(unplaced), (proxies, room_freed)))
+        Some((futures::stream::iter(woken), (proxies, notify)))
     })
     .flatten()
     .boxed()
@@ -317,7 +341,7 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                         format!("no cluster fits the pod now ({note})"),
                     )
                     .await;
-                    return Ok(Action::requeue(context.pending_retry));
+                    return Ok(Action::requeue(context.timing.pending_retry));
                 }
             }
         }
@@ -327,6 +351,9 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
         publish(&context, &proxy, EventType::Warning, "UnknownCluster", note).await;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
+    if let Some(down) = target.unreachable_for() {
+        return cluster_unreachable(&proxy, &api, target, down, &context).await;
+    }
     match target.delegate(&namespace, &delegate_name) {
         Some(delegate) => {
             forget_in_flight(&context, &target.name, &delegate_name);
@@ -335,7 +362,7 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
         None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
             // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
             let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
-            match delegates.get_opt(&delegate_name).await {
+            match bounded(delegates.get_opt(&delegate_name)).await {
                 Ok(Some(_)) => Ok(Action::requeue(Duration::from_secs(1))),
                 Ok(None) => {
                     let message = format!(
@@ -486,7 +513,7 @@ async fn create_delegate(
         }
     };
     let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &proxy_ref.namespace);
-    match delegates.create(&PostParams::default(), &delegate).await {
+    match bounded(delegates.create(&PostParams::default(), &delegate)).await {
         Ok(_) => {}
         Err(e) if api_code(&e) == Some(409) => {}
         Err(kube::Error::Api(status)) => {
@@ -617,6 +644,40 @@ async fn reject(
     .await
 }
 
+/// A proxy whose target does not answer waits for it, up to `--cluster-lost-timeout`; then it
+/// fails with reason `ClusterLost` so that its owner can run it again elsewhere.
+async fn cluster_unreachable(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    target: &Target,
+    down: Duration,
+    context: &Context,
+) -> Result<Action, Error> {
+    let timeout = context.timing.cluster_lost_timeout;
+    if down < timeout {
+        return Ok(Action::requeue(timeout - down + Duration::from_millis(100)));
+    }
+    let message = format!(
+        "target cluster {} has not answered for {}s (--cluster-lost-timeout {}s)",
+        target.name,
+        down.as_secs(),
+        timeout.as_secs()
+    );
+    record_result(
+        api,
+        proxy,
+        context,
+        outcome::lost(CLUSTER_LOST, message.clone()),
+        EventType::Warning,
+        CLUSTER_LOST,
+        message,
+    )
+    .await
+}
+
+/// The reason of proxies failed because their target stopped answering.
+pub const CLUSTER_LOST: &str = "ClusterLost";
+
 /// Deletes the delegate, then releases the proxy's finalizer.
 async fn clean_up(
     proxy: &Pod,
@@ -637,12 +698,22 @@ async fn clean_up(
             .and_then(|t| context.target(t)),
         annotations.get(DELEGATE_NAME),
     ) {
+        if let Some(down) = target.unreachable_for() {
+            let timeout = context.timing.cluster_lost_timeout;
+            if down < timeout {
+                return Ok(Action::requeue(timeout - down + Duration::from_millis(100)));
+            }
+            let note = format!(
+                "delegate {delegate_name} left in {}, which has not answered for {}s; the orphan sweep deletes it if the cluster returns",
+                target.name,
+                down.as_secs()
+            );
+            publish(context, proxy, EventType::Warning, CLUSTER_LOST, note).await;
+            return release_finalizer(proxy, api, position).await;
+        }
         let namespace = proxy.namespace().unwrap_or_default();
         let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
-        match delegates
-            .delete(delegate_name, &DeleteParams::background())
-            .await
-        {
+        match bounded(delegates.delete(delegate_name, &DeleteParams::background())).await {
             Ok(either) if either.is_left() => return Ok(Action::requeue(Duration::from_secs(1))),
             Ok(_) => {}
             Err(e) if api_code(&e) == Some(404) => {}
@@ -653,8 +724,7 @@ async fn clean_up(
                 });
             }
         }
-        if delegates
-            .get_opt(delegate_name)
+        if bounded(delegates.get_opt(delegate_name))
             .await
             .map_err(|source| Error::Target {
                 cluster: target.name.clone(),
@@ -665,6 +735,10 @@ async fn clean_up(
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
     }
+    release_finalizer(proxy, api, position).await
+}
+
+async fn release_finalizer(proxy: &Pod, api: &Api<Pod>, position: usize) -> Result<Action, Error> {
     let path = format!("/metadata/finalizers/{position}");
     let patch: json_patch::Patch = serde_json::from_value(json!([
         { "op": "test", "path": path, "value": CLEANUP_FINALIZER },

@@ -10,10 +10,12 @@
 pub mod args;
 pub mod controller;
 pub mod delegate;
+pub mod leader;
 pub mod metrics;
 pub mod outcome;
 pub mod placement;
 pub mod quantity;
+pub mod sweep;
 pub mod targets;
 
 use std::sync::Arc;
@@ -33,8 +35,11 @@ pub async fn run(
         targets,
         key,
         pending_retry,
+        cluster_lost_timeout,
+        leader_election,
         admin_address,
     } = config;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let admin = Arc::new(admin::Admin {
@@ -49,10 +54,10 @@ pub async fn run(
     let source = targets::client(kubeconfig.as_deref(), context.as_deref()).await?;
     let mut started = Vec::new();
     let mut wakeups = Vec::new();
-    let room_freed = Arc::new(tokio::sync::Notify::new());
+    let signals = targets::Signals::default();
     for spec in &targets {
         let (target, events) =
-            targets::Target::start(spec, &source, &cluster_name, room_freed.clone()).await?;
+            targets::Target::start(spec, &source, &cluster_name, &signals).await?;
         started.push(target);
         wakeups.push(events);
     }
@@ -62,22 +67,66 @@ pub async fn run(
         admin.clone(),
         metrics.clone(),
     ));
+    // Standby replicas keep their caches warm, so that taking over is quick.
+    let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut holding = None;
+    if let Some(settings) = &leader_election {
+        let mut candidate = leader::Candidate::new(source.clone(), settings.clone());
+        tokio::select! {
+            () = candidate.acquire() => {}
+            () = shutdown.clone() => {
+                readiness.abort();
+                admin_task.abort();
+                return Ok(());
+            }
+        }
+        let lost = lease_lost.clone();
+        holding = Some(tokio::spawn(async move {
+            candidate.hold().await;
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        }));
+    }
+    let stop = {
+        let shutdown = shutdown.clone();
+        let lease_lost = lease_lost.clone();
+        async move {
+            let lost = async {
+                while !lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! { () = shutdown => {}, () = lost => {} }
+        }
+    };
     tracing::info!(cluster = %cluster_name, targets = ?targets.iter().map(|t| &t.name).collect::<Vec<_>>(), "reconciling proxies");
+    let context_source = source.clone();
     let context = Arc::new(controller::Context::new(
         cluster_name,
         source,
         started,
         key,
-        pending_retry,
+        controller::Timing {
+            pending_retry,
+            cluster_lost_timeout,
+        },
         metrics,
     ));
     controller::run(
         context,
         futures::stream::select_all(wakeups).boxed(),
-        room_freed,
-        shutdown,
+        signals,
+        stop,
     )
     .await;
+    if let Some(holding) = holding {
+        holding.abort();
+    }
+    if lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease: stopping so that only the new leader works");
+    }
+    if let Some(settings) = &leader_election {
+        leader::release(context_source, settings).await;
+    }
     admin
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -101,6 +150,10 @@ async fn track_readiness(
                 .target_synced
                 .get_or_create(&metrics::Metrics::cluster(&target.name))
                 .set(i64::from(synced));
+            metrics
+                .target_reachable
+                .get_or_create(&metrics::Metrics::cluster(&target.name))
+                .set(i64::from(target.unreachable_for().is_none()));
             if *last != Some(synced) {
                 if synced {
                     tracing::info!(target = %target.name, "target caches loaded");

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub placements: Family<ClusterLabel, Counter>,
     pub api_errors: Family<ClusterLabel, Counter>,
     pub target_synced: Family<ClusterLabel, Gauge>,
+    pub target_reachable: Family<ClusterLabel, Gauge>,
+    pub orphans_deleted: Family<ClusterLabel, Counter>,
     /// Proxy created → delegate created.
     pub delegate_created_seconds: Histogram,
     /// Delegate ended → result recorded on the proxy.
@@ -40,6 +42,8 @@ impl Metrics {
             placements: Family::default(),
             api_errors: Family::default(),
             target_synced: Family::default(),
+            target_reachable: Family::default(),
+            orphans_deleted: Family::default(),
             delegate_created_seconds: buckets(),
             result_recorded_seconds: buckets(),
         };
@@ -63,6 +67,16 @@ impl Metrics {
             "target_synced",
             "1 when a target's caches are loaded",
             metrics.target_synced.clone(),
+        );
+        sub.register(
+            "target_reachable",
+            "1 while a target's apiserver answers",
+            metrics.target_reachable.clone(),
+        );
+        sub.register(
+            "orphans_deleted",
+            "Delegates deleted because their proxy is gone or lost them, by target cluster",
+            metrics.orphans_deleted.clone(),
         );
         sub.register(
             "delegate_created_seconds",

@@ -2,7 +2,11 @@
 //! delegates this source cluster made there. A target that cannot be reached is logged and
 //! retried by its watchers; it never stops the others.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::Notify;
 
@@ -32,6 +36,86 @@ pub struct Target {
     pub nodes: Store<Node>,
     pub pods: Store<Pod>,
     pub delegates: Store<Pod>,
+    reachability: Arc<Reachability>,
+}
+
+/// Calls to a target give up after this long: a hung apiserver must not hold a reconciliation
+/// (the client's own read timeout is minutes long, for watches).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `call`, or an error once [`CALL_TIMEOUT`] passed without an answer.
+pub async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer in {}s", CALL_TIMEOUT.as_secs()).into(),
+            ))
+        })
+}
+
+/// How targets tell the controller that something changed for proxies they do not name.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// A pod ended or went, or a node changed: room that pending proxies may now fit in.
+    pub room_freed: Arc<Notify>,
+    /// A target stopped or started answering.
+    pub reachability_changed: Arc<Notify>,
+    /// A target answers again (the orphan sweep's cue).
+    pub target_back: Arc<Notify>,
+}
+
+/// Since when a target has not answered; None while it answers.
+#[derive(Default)]
+struct Reachability {
+    unreachable_since: std::sync::Mutex<Option<Instant>>,
+}
+
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks the target's apiserver for its version every few seconds; notifies `changed` when the
+/// target stops or starts answering.
+fn spawn_probe(target: String, client: Client, reachability: Arc<Reachability>, signals: Signals) {
+    tokio::spawn(async move {
+        loop {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await;
+            let now_reachable = matches!(answer, Ok(Ok(_)));
+            let transition = {
+                let mut since = reachability
+                    .unreachable_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                match (since.is_some(), now_reachable) {
+                    (false, false) => {
+                        *since = Some(Instant::now());
+                        true
+                    }
+                    (true, true) => {
+                        *since = None;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if transition {
+                if now_reachable {
+                    tracing::info!(%target, "target answers again");
+                    signals.target_back.notify_one();
+                } else {
+                    let why = match answer {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer in {PROBE_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(%target, "target unreachable: {why}");
+                }
+                signals.reachability_changed.notify_one();
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    });
 }
 
 /// A client for a kubeconfig (and context), or the default one.
@@ -58,13 +142,11 @@ pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow:
 impl Target {
     /// Connects to a target and starts its caches; returns the stream of proxies whose delegate
     /// changed there (to wake their reconciliation).
-    /// `room_freed` is notified whenever a pod there ends or goes, or a node changes: room that
-    /// pending proxies may now fit in.
     pub async fn start(
         spec: &TargetSpec,
         source: &Client,
         source_name: &str,
-        room_freed: Arc<Notify>,
+        signals: &Signals,
     ) -> anyhow::Result<(Self, BoxStream<'static, ObjectRef<Pod>>)> {
         let client = match &spec.kubeconfig {
             None => source.clone(),
@@ -83,7 +165,7 @@ impl Target {
                 nodes_writer,
                 watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
             ),
-            room_freed.clone(),
+            signals.room_freed.clone(),
             |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
         );
         spawn_reflector(
@@ -93,7 +175,7 @@ impl Target {
                 pods_writer,
                 watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
             ),
-            room_freed,
+            signals.room_freed.clone(),
             frees_room,
         );
         let selector = format!("{DELEGATE_LABEL}=true,{PROXY_CLUSTER}={source_name}");
@@ -133,6 +215,13 @@ impl Target {
             woken.recv().await.map(|proxy| (proxy, woken))
         })
         .boxed();
+        let reachability = Arc::new(Reachability::default());
+        spawn_probe(
+            spec.name.clone(),
+            client.clone(),
+            reachability.clone(),
+            signals.clone(),
+        );
         Ok((
             Self {
                 name: spec.name.clone(),
@@ -140,6 +229,7 @@ impl Target {
                 nodes,
                 pods,
                 delegates,
+                reachability,
             },
             delegate_events,
         ))
@@ -148,6 +238,15 @@ impl Target {
     /// True once every cache holds a full listing (a store is ready after its first list).
     pub fn synced(&self) -> bool {
         ready(&self.nodes) && ready(&self.pods) && ready(&self.delegates)
+    }
+
+    /// How long the target has not answered; None while it answers.
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.reachability
+            .unreachable_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|since| since.elapsed())
     }
 
     /// The delegate named `name` in `namespace`, from the cache.

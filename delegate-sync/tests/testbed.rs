@@ -308,3 +308,66 @@ async fn a_controller_killed_mid_burst_and_restarted_neither_loses_nor_duplicate
         "no duplicates: {delegates_per_proxy:?}"
     );
 }
+
+#[tokio::test]
+async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let env = TestEnv::get().await.unwrap();
+    let ns = env.namespace("dsync-lease").await.unwrap();
+    let settings = |identity: &str| {
+        let mut lease = delegate_sync::leader::LeaseSettings::new(
+            ns.name.clone(),
+            "delegate-sync".into(),
+            identity.into(),
+        );
+        lease.retry = Duration::from_millis(500);
+        lease
+    };
+    let leases = ns.api::<Lease>("cluster1").await.unwrap();
+    let holder = |lease: Option<&Lease>| {
+        lease
+            .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+            .unwrap_or_default()
+    };
+    let first = Controller::start_with(
+        env,
+        Options {
+            leader_election: Some(settings("first")),
+            ..Options::default()
+        },
+    );
+    wait_for(
+        &leases,
+        "delegate-sync",
+        Duration::from_secs(30),
+        |l: Option<&Lease>| holder(l) == "first",
+    )
+    .await
+    .unwrap();
+    let _second = Controller::start_with(
+        env,
+        Options {
+            leader_election: Some(settings("second")),
+            ..Options::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lease = leases.get("delegate-sync").await.unwrap();
+    assert_eq!(holder(Some(&lease)), "first", "the standby waits");
+
+    // A leader that stops releases the Lease: the standby takes over without waiting for it
+    // to expire (15 s).
+    first.stop().await;
+    let taken = std::time::Instant::now();
+    let lease = wait_for(
+        &leases,
+        "delegate-sync",
+        Duration::from_secs(10),
+        |l: Option<&Lease>| holder(l) == "second",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(taken.elapsed() < Duration::from_secs(10));
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
+}

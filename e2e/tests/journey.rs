@@ -105,6 +105,8 @@ async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
         ],
         key: ManifestKey::from_bytes(KEY).unwrap(),
         pending_retry: Duration::from_secs(600),
+        cluster_lost_timeout: Duration::from_secs(3600),
+        leader_election: None,
         admin_address: "127.0.0.1:0".parse().unwrap(),
     };
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::{Args as ClapArgs, Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser};
 use contract::manifest::ManifestKey;
 use serde_json::{Map, Value};
 
@@ -130,11 +130,7 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use admin::process::LogFormat;
 
 /// `name=quantity,...`, e.g. `cpu=1m,memory=8Mi`.
 #[derive(Clone, Debug, PartialEq)]

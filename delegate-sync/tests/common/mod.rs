@@ -22,8 +22,28 @@ pub struct Controller {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// What tests vary between controllers.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Default: an hour (no test waits that long).
+    pub cluster_lost_timeout: Option<Duration>,
+    pub leader_election: Option<delegate_sync::leader::LeaseSettings>,
+}
+
 impl Controller {
     pub fn start(env: &TestEnv) -> Self {
+        Self::start_with(env, Options::default())
+    }
+
+    pub fn start_with(env: &TestEnv, options: Options) -> Self {
+        // The controller's logs, shown with a failing test (RUST_LOG to change the level).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "delegate_sync=info".into()),
+            )
+            .try_init();
         let admin = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -48,6 +68,10 @@ impl Controller {
             key: ManifestKey::from_bytes(KEY).unwrap(),
             // Longer than any test waits: pending proxies must be placed by watch events.
             pending_retry: Duration::from_secs(600),
+            cluster_lost_timeout: options
+                .cluster_lost_timeout
+                .unwrap_or(Duration::from_secs(3600)),
+            leader_election: options.leader_election,
             admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -59,6 +83,18 @@ impl Controller {
             stop: Some(stop),
             task,
         }
+    }
+}
+
+impl Controller {
+    /// Stops it gracefully (a leader releases its Lease) and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = &mut self.task;
+        let stopped = tokio::time::timeout(Duration::from_secs(20), task).await;
+        assert!(stopped.is_ok(), "the controller did not stop in 20 s");
     }
 }
 

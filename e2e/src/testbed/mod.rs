@@ -237,6 +237,22 @@ impl Testbed {
             })
     }
 
+    /// Freezes one cluster's kube-apiserver (SIGSTOP) until the guard is dropped (SIGCONT):
+    /// clients see an apiserver that stops answering, as in a network partition or a hung
+    /// control plane, and then comes back with all its state.
+    pub fn freeze_apiserver(&self, cluster: &str) -> anyhow::Result<FrozenApiserver> {
+        let record = self
+            .cluster(cluster)?
+            .processes
+            .iter()
+            .find(|p| p.name == "kube-apiserver" && p.is_running())
+            .with_context(|| format!("{cluster}: kube-apiserver is not running"))?;
+        let pid = nix::unistd::Pid::from_raw(record.pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)
+            .with_context(|| format!("cannot stop {cluster}'s kube-apiserver"))?;
+        Ok(FrozenApiserver { pid })
+    }
+
     /// An admin client for one cluster.
     pub async fn client(&self, cluster: &str) -> anyhow::Result<Client> {
         self.cluster(cluster)?;
@@ -402,4 +418,16 @@ fn kwok_config(stages_dir: &Path) -> anyhow::Result<String> {
         .map(|d| d.trim())
         .collect::<Vec<_>>()
         .join("\n---\n"))
+}
+
+/// A kube-apiserver stopped by [`Testbed::freeze_apiserver`]; dropping it resumes the process
+/// (also when a test fails).
+pub struct FrozenApiserver {
+    pid: nix::unistd::Pid,
+}
+
+impl Drop for FrozenApiserver {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT);
+    }
 }

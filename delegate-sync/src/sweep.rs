@@ -1,0 +1,179 @@
+//! The orphan sweep: delegates whose proxy is gone (deleted while their target was away, or
+//! deleted by hand with its finalizer removed) or whose proxy failed `ClusterLost` are deleted,
+//! so that nothing runs in a target that no proxy waits for.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use contract::{PROXY_LABEL, RESULT, result::DelegateResult};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt as _,
+    api::{DeleteParams, ListParams, ObjectMeta, Preconditions},
+};
+use tokio::sync::Notify;
+
+use crate::{
+    controller::{CLUSTER_LOST, Context},
+    delegate::PROXY_UID,
+    targets::{Target, bounded, proxy_of},
+};
+
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Sweeps every answering target now and then, and as soon as a target answers again, until
+/// aborted.
+pub async fn run(context: Arc<Context>, target_back: Arc<Notify>) {
+    loop {
+        let answering: Vec<&Target> = context
+            .targets
+            .iter()
+            .filter(|t| t.synced() && t.unreachable_for().is_none())
+            .collect();
+        if !answering.is_empty() {
+            match proxies(&context).await {
+                Ok(proxies) => {
+                    for target in answering {
+                        sweep(&context, &proxies, target).await;
+                    }
+                }
+                Err(e) => tracing::warn!("orphan sweep: cannot list proxies: {e}"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = target_back.notified() => {}
+        }
+    }
+}
+
+/// The metadata of every proxy, by namespace and name: one list call per sweep.
+async fn proxies(context: &Context) -> Result<BTreeMap<(String, String), ObjectMeta>, kube::Error> {
+    let api: Api<Pod> = Api::all(context.source.clone());
+    let list = api
+        .list_metadata(&ListParams::default().labels(&format!("{PROXY_LABEL}=true")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|p| {
+            let key = (
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            );
+            (key, p.metadata)
+        })
+        .collect())
+}
+
+/// Why a delegate must go, if it must.
+fn orphaned(delegate: &Pod, proxy: Option<&ObjectMeta>) -> Option<&'static str> {
+    let Some(proxy) = proxy else {
+        return Some("its proxy is gone");
+    };
+    let wanted_uid = delegate.labels().get(PROXY_UID);
+    if wanted_uid.is_some() && proxy.uid.as_ref() != wanted_uid {
+        return Some("its proxy was replaced by another pod of the same name");
+    }
+    let lost = proxy
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESULT))
+        .and_then(|r| DelegateResult::decode(r).ok())
+        .is_some_and(|r| r.reason.as_deref() == Some(CLUSTER_LOST));
+    lost.then_some("its proxy failed ClusterLost while this cluster was away")
+}
+
+async fn sweep(
+    context: &Context,
+    proxies: &BTreeMap<(String, String), ObjectMeta>,
+    target: &Target,
+) {
+    for delegate in target.delegates.state() {
+        let Some(proxy_ref) = proxy_of(&delegate) else {
+            continue;
+        };
+        let namespace = proxy_ref.namespace.clone().unwrap_or_default();
+        let listed = proxies.get(&(namespace.clone(), proxy_ref.name.clone()));
+        if orphaned(&delegate, listed).is_none() {
+            continue;
+        }
+        // A proxy made since the list is not an orphan's: only a fresh read decides.
+        let source: Api<Pod> = Api::namespaced(context.source.clone(), &namespace);
+        let proxy = match source.get_metadata_opt(&proxy_ref.name).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                tracing::warn!(proxy = %proxy_ref, "orphan sweep: cannot read proxy: {e}");
+                continue;
+            }
+        };
+        let Some(why) = orphaned(&delegate, proxy.as_ref().map(|p| &p.metadata)) else {
+            continue;
+        };
+        delete(context, target, &delegate, why).await;
+    }
+}
+
+async fn delete(context: &Context, target: &Target, delegate: &Pod, why: &str) {
+    let namespace = delegate.namespace().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
+    let only_this_one = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: delegate.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match bounded(api.delete(&delegate.name_any(), &only_this_one)).await {
+        Ok(_) => {
+            tracing::info!(target = %target.name, %namespace, delegate = %delegate.name_any(), "orphan deleted: {why}");
+            context
+                .metrics
+                .orphans_deleted
+                .get_or_create(&crate::metrics::Metrics::cluster(&target.name))
+                .inc();
+        }
+        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
+        Err(e) => {
+            tracing::warn!(target = %target.name, delegate = %delegate.name_any(), "orphan sweep: cannot delete: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::result::Phase;
+    use serde_json::json;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn delegates_go_when_their_proxy_is_gone_replaced_or_lost() {
+        let delegate = pod(json!({"metadata": {"name": "d", "labels": {PROXY_UID: "u1"}}}));
+        assert_eq!(orphaned(&delegate, None), Some("its proxy is gone"));
+        let other = pod(json!({"metadata": {"name": "p", "uid": "u2"}}));
+        assert!(
+            orphaned(&delegate, Some(&other.metadata))
+                .unwrap()
+                .contains("replaced")
+        );
+        let running = pod(json!({"metadata": {"name": "p", "uid": "u1"}}));
+        assert_eq!(orphaned(&delegate, Some(&running.metadata)), None);
+        let lost = crate::outcome::lost(CLUSTER_LOST, "away".into()).encode();
+        let failed =
+            pod(json!({"metadata": {"name": "p", "uid": "u1", "annotations": {RESULT: lost}}}));
+        assert!(
+            orphaned(&delegate, Some(&failed.metadata))
+                .unwrap()
+                .contains("ClusterLost")
+        );
+        let mut ended = crate::outcome::lost("DelegateLost", "gone".into());
+        ended.phase = Phase::Succeeded;
+        let done = pod(
+            json!({"metadata": {"name": "p", "uid": "u1", "annotations": {RESULT: ended.encode()}}}),
+        );
+        assert_eq!(orphaned(&delegate, Some(&done.metadata)), None);
+    }
+}
