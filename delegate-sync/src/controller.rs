@@ -21,10 +21,10 @@ use kube::{
     Api, Client, Resource as _, ResourceExt as _,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt as _,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -136,10 +136,20 @@ pub async fn run(
 ) {
     let proxies: Api<Pod> = Api::all(context.source.clone());
     let metrics = context.metrics.clone();
-    let controller = Controller::new(
-        proxies,
-        watcher::Config::default().labels(&format!("{PROXY_LABEL}=true")),
-    );
+    let (store, writer) = reflector::store();
+    let proxy_changes = reflector::reflector(
+        writer,
+        watcher(
+            proxies,
+            watcher::Config::default()
+                .labels(&format!("{PROXY_LABEL}=true"))
+                .page_size(100),
+        )
+        .modify(|proxy: &mut Pod| proxy.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .applied_objects();
+    let controller = Controller::for_stream(proxy_changes, store);
     let unplaced = wake_when(controller.store(), signals.room_freed, |proxy| {
         let annotations = proxy.annotations();
         !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
@@ -169,6 +179,10 @@ pub async fn run(
             async move {
                 match result {
                     Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
+                    // A proxy deleted while queued: nothing to do.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(proxy)) => {
+                        tracing::debug!(%proxy, "gone before its reconciliation");
+                    }
                     Err(e) => tracing::warn!("reconcile failed: {e}"),
                 }
             }
@@ -403,30 +417,38 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
 
 /// The pods of a target as placement must count them: its pod cache, corrected by its delegate
 /// cache, which may have seen a delegate bound before the pod cache did (two watches, no common
-/// order); and the delegates not bound yet.
-fn occupancy(target: &Target) -> (Vec<Arc<Pod>>, Vec<PodSpec>) {
-    let mut pods: BTreeMap<(String, String), Arc<Pod>> = target
-        .pods
-        .state()
-        .into_iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
-        .collect();
+/// order); and the delegates not bound yet. Lookups by key: a burst must not cost the square
+/// of the cluster's pods.
+fn occupancy(target: &Target) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let mut pods = target.pods.state();
     let mut unbound = Vec::new();
     for delegate in target.delegates.state() {
-        let key = (
-            delegate.namespace().unwrap_or_default(),
-            delegate.name_any(),
-        );
-        let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+        let cached_bound = target
+            .pods
+            .get(&ObjectRef::from_obj(&*delegate))
+            .is_some_and(|p| bound(&p));
+        if cached_bound {
+            continue;
+        }
         if bound(&delegate) {
-            if !pods.get(&key).is_some_and(|p| bound(p)) {
-                pods.insert(key, delegate);
-            }
-        } else if !pods.get(&key).is_some_and(|p| bound(p)) {
-            unbound.extend(delegate.spec.clone());
+            pods.push(delegate);
+        } else {
+            unbound.push(delegate);
         }
     }
-    (pods.into_values().collect(), unbound)
+    (pods, unbound)
+}
+
+/// What placement sees of one target.
+struct Snapshot {
+    name: String,
+    nodes: Vec<Arc<k8s_openapi::api::core::v1::Node>>,
+    pods: Vec<Arc<Pod>>,
+    /// Delegates created and not bound yet.
+    unbound: Vec<Arc<Pod>>,
+    /// Delegates decided and not created yet.
+    reserved: Vec<PodSpec>,
 }
 
 /// Places the delegate and, when a cluster is chosen, reserves its room at once.
@@ -437,32 +459,44 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .targets
         .iter()
         .partition(|t| t.synced() || pinned == Some(t.name.as_str()));
-    let snapshots: Vec<(String, Vec<_>, Vec<_>, Vec<PodSpec>)> = loaded
+    let snapshots: Vec<Snapshot> = loaded
         .into_iter()
         .map(|t| {
             let nodes = t.nodes.state();
-            let (pods, mut unbound) = occupancy(t);
+            let (pods, unbound) = occupancy(t);
             // Reservations whose delegate a cache already shows are counted there.
             let reserved = in_flight.entry(t.name.clone()).or_default();
             reserved.retain(|r| {
-                t.delegate(&r.namespace, &r.name).is_none()
-                    && t.pods
-                        .get(
-                            &kube::runtime::reflector::ObjectRef::new(&r.name).within(&r.namespace),
-                        )
-                        .is_none()
+                let key = ObjectRef::new(&r.name).within(&r.namespace);
+                t.delegates.get(&key).is_none() && t.pods.get(&key).is_none()
             });
-            unbound.extend(reserved.iter().map(|r| r.spec.clone()));
-            (t.name.clone(), nodes, pods, unbound)
+            Snapshot {
+                name: t.name.clone(),
+                nodes,
+                pods,
+                unbound,
+                reserved: reserved.iter().map(|r| r.spec.clone()).collect(),
+            }
+        })
+        .collect();
+    let in_flight_specs: Vec<Vec<&PodSpec>> = snapshots
+        .iter()
+        .map(|s| {
+            s.unbound
+                .iter()
+                .filter_map(|p| p.spec.as_ref())
+                .chain(s.reserved.iter())
+                .collect()
         })
         .collect();
     let views: Vec<ClusterView<'_>> = snapshots
         .iter()
-        .map(|(name, nodes, pods, unbound)| ClusterView {
-            name,
-            nodes,
-            pods,
-            in_flight: unbound,
+        .zip(&in_flight_specs)
+        .map(|(s, in_flight)| ClusterView {
+            name: &s.name,
+            nodes: &s.nodes,
+            pods: &s.pods,
+            in_flight,
         })
         .collect();
     let mut placement = placement::place(&delegate.spec, pinned, &views);
@@ -631,6 +665,22 @@ async fn reject(
     context: &Context,
     why: &str,
 ) -> Result<Action, Error> {
+    if let Some(target) = proxy.annotations().get(TARGET_CLUSTER) {
+        // Placed already, so a replica whose key verified it is at work: this one has another
+        // key (a rotation in progress, or a misconfiguration) and must not fail the proxy.
+        let note = format!(
+            "placed in {target}, but this replica cannot verify the saved manifest ({why}); is --manifest-key-file the same on every replica?"
+        );
+        publish(
+            context,
+            proxy,
+            EventType::Warning,
+            "ManifestKeyMismatch",
+            note,
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
     let message = format!("no delegate was created: {why}");
     record_result(
         api,
@@ -807,6 +857,13 @@ async fn patch_annotations(api: &Api<Pod>, proxy: &Pod, annotations: Value) -> R
 }
 
 async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str, note: String) {
+    let namespace = proxy.namespace().unwrap_or_default();
+    let name = proxy.name_any();
+    // The log tells the same story as the Events, for operators who read logs.
+    match type_ {
+        EventType::Normal => tracing::info!(%namespace, proxy = %name, reason, "{note}"),
+        EventType::Warning => tracing::warn!(%namespace, proxy = %name, reason, "{note}"),
+    }
     let event = Event {
         type_,
         reason: reason.into(),

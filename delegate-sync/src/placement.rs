@@ -26,7 +26,7 @@ pub struct ClusterView<'a> {
     /// Every pod of the cluster (terminal ones are ignored).
     pub pods: &'a [Arc<Pod>],
     /// Delegates sent to this cluster and not yet bound to a node.
-    pub in_flight: &'a [PodSpec],
+    pub in_flight: &'a [&'a PodSpec],
 }
 
 /// The outcome of placement.
@@ -405,7 +405,7 @@ mod tests {
         }
     }
 
-    fn views<'a>(blog: &'a Blog, in_flight: &'a [Vec<PodSpec>; 2]) -> [ClusterView<'a>; 2] {
+    fn views<'a>(blog: &'a Blog, in_flight: &'a [Vec<&'a PodSpec>; 2]) -> [ClusterView<'a>; 2] {
         [
             ClusterView {
                 name: "cluster1",
@@ -426,12 +426,12 @@ mod tests {
     fn the_blogs_burst_of_ten_places_seven_and_never_overcommits() {
         let blog = blog();
         let pod = cpu_pod("200m");
-        let mut in_flight: [Vec<PodSpec>; 2] = [vec![], vec![]];
+        let mut in_flight: [Vec<&PodSpec>; 2] = [vec![], vec![]];
         let mut placed = Vec::new();
         for _ in 0..10 {
             match place(&pod, None, &views(&blog, &in_flight)) {
                 Placement::Cluster(name) => {
-                    in_flight[usize::from(name == "cluster2")].push(pod.clone());
+                    in_flight[usize::from(name == "cluster2")].push(&pod);
                     placed.push(name);
                 }
                 Placement::NoFit(reasons) => {
@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn pinned_clusters_win_and_unknown_ones_are_named() {
         let blog = blog();
-        let none: [Vec<PodSpec>; 2] = [vec![], vec![]];
+        let none: [Vec<&PodSpec>; 2] = [vec![], vec![]];
         let pod = cpu_pod("200m");
         assert_eq!(
             place(&pod, Some("cluster1"), &views(&blog, &none)),

@@ -163,7 +163,8 @@ impl Target {
             "nodes",
             reflector::reflector(
                 nodes_writer,
-                watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+                watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+                    .modify(trim_node),
             ),
             signals.room_freed.clone(),
             |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
@@ -173,7 +174,12 @@ impl Target {
             "pods",
             reflector::reflector(
                 pods_writer,
-                watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+                // Small pages: a list of every pod is the peak of delegate-sync's memory.
+                watcher(
+                    Api::<Pod>::all(client.clone()),
+                    watcher::Config::default().page_size(100),
+                )
+                .modify(trim_pod),
             ),
             signals.room_freed.clone(),
             frees_room,
@@ -183,8 +189,9 @@ impl Target {
             delegates_writer,
             watcher(
                 Api::<Pod>::all(client.clone()),
-                watcher::Config::default().labels(&selector),
-            ),
+                watcher::Config::default().labels(&selector).page_size(100),
+            )
+            .modify(|delegate: &mut Pod| delegate.metadata.managed_fields = None),
         )
         .default_backoff()
         .touched_objects()
@@ -267,6 +274,49 @@ where
 pub fn proxy_of(delegate: &Pod) -> Option<ObjectRef<Pod>> {
     let annotations = delegate.metadata.annotations.as_ref()?;
     Some(ObjectRef::new(annotations.get(PROXY_NAME)?).within(annotations.get(PROXY_NAMESPACE)?))
+}
+
+/// Keeps of a node what placement reads: a thousand-node cluster should not cost its images
+/// lists and field-manager records.
+fn trim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+/// Keeps of a pod what placement reads: its node, phase and resource requests (every pod of
+/// every target is cached, so this is most of delegate-sync's memory).
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let keep = |c: &mut k8s_openapi::api::core::v1::Container| {
+            *c = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut c.name),
+                resources: c.resources.take(),
+                restart_policy: c.restart_policy.take(),
+                ..Default::default()
+            };
+        };
+        spec.containers.iter_mut().for_each(keep);
+        spec.init_containers.iter_mut().flatten().for_each(keep);
+        spec.volumes = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        spec.ephemeral_containers = None;
+    }
+    if let Some(status) = pod.status.as_mut() {
+        *status = k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase.take(),
+            ..Default::default()
+        };
+    }
 }
 
 /// A pod that ended or went away, or a cache (re)loaded: room may have appeared.

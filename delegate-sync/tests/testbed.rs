@@ -10,7 +10,10 @@ use common::*;
 use contract::{DELEGATE_NAME, RESULT, SOURCEPOD_MANIFEST, TARGET_CLUSTER};
 use e2e::{TestEnv, support::wait_for};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{
+    ResourceExt as _,
+    api::{DeleteParams, ListParams, PostParams},
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -370,4 +373,55 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_stops() {
     .unwrap();
     assert!(taken.elapsed() < Duration::from_secs(10));
     assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
+}
+
+#[tokio::test]
+async fn a_replica_with_another_key_never_fails_a_proxy_that_is_already_placed() {
+    let env = TestEnv::get().await.unwrap();
+    let ns = env.namespace("dsync-keys").await.unwrap();
+    let _controller = Controller::start(env);
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    // As a replica with another key sees a proxy that a replica with the right key placed.
+    let mut placed = proxy(&ns, "placed", Some("cluster2"), "1s", 0);
+    let annotations = placed.metadata.annotations.as_mut().unwrap();
+    let sealed = annotations[SOURCEPOD_MANIFEST].replacen("v1.", "v1.AAAA", 1);
+    annotations.insert(SOURCEPOD_MANIFEST.into(), sealed);
+    annotations.insert(TARGET_CLUSTER.into(), "cluster2".into());
+    proxies
+        .create(&PostParams::default(), &placed)
+        .await
+        .unwrap();
+
+    let events = ns.api::<Event>("cluster1").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        if reasons.iter().any(|r| r == "ManifestKeyMismatch") {
+            assert!(
+                !reasons.iter().any(|r| r == "ManifestRejected"),
+                "{reasons:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{reasons:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let proxy = proxies.get("placed").await.unwrap();
+    assert!(
+        !proxy.annotations().contains_key(RESULT),
+        "the proxy is not failed"
+    );
+    let delegates = ns.api::<Pod>("cluster2").await.unwrap();
+    let made = delegates
+        .list(&ListParams::default().labels("multicluster.admiralty.io/delegate=true"))
+        .await
+        .unwrap();
+    assert!(made.items.is_empty(), "nothing unverified runs");
 }

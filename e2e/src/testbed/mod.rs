@@ -49,8 +49,10 @@ pub struct TestbedConfig {
 impl TestbedConfig {
     /// `clusters` clusters with the blog preset, tools from `make tools`, in `dir`.
     pub fn new(dir: impl Into<PathBuf>, clusters: usize) -> anyhow::Result<Self> {
+        // Components run in their own directories: every path they are given must be absolute.
+        let dir = std::path::absolute(dir.into()).context("test bed directory")?;
         Ok(Self {
-            dir: dir.into(),
+            dir,
             clusters,
             preset: Preset::blog(),
             tools: Tools::locate()?,
