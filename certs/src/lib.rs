@@ -40,6 +40,7 @@ impl Pem {
     }
 }
 
+pub mod bootstrap;
 pub mod inspect;
 pub mod renew;
 

@@ -1,7 +1,9 @@
 //! `certs`: create, store and renew the webhook's CA and serving certificate, and keep the
 //! webhook configuration's `caBundle` in step. Idempotent: safe as a Job, a CronJob or an init
-//! container.
+//! container. `certs bootstrap-target` gives a source cluster's delegate-sync credentials for a
+//! target cluster.
 
+mod bootstrap_cmd;
 mod stores;
 
 use std::{path::PathBuf, time::Duration};
@@ -9,7 +11,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use stores::{FileStore, KubeTarget};
 
-/// Certificates for the multicluster webhook.
+/// Certificates for the multicluster webhook, and credentials for target clusters.
 #[derive(Parser)]
 #[command(name = "certs", version, about)]
 struct Cli {
@@ -23,6 +25,10 @@ enum Command {
     /// them, and patch the CA into a MutatingWebhookConfiguration. Changes nothing when all is
     /// up to date.
     Ensure(EnsureArgs),
+    /// Let a source cluster's delegate-sync into a target cluster: in the target a
+    /// ServiceAccount with the target chart's RBAC and a long-lived token, in the source a
+    /// Secret with a kubeconfig using that token. Idempotent; --dry-run changes nothing.
+    BootstrapTarget(bootstrap_cmd::BootstrapArgs),
 }
 
 #[derive(Args)]
@@ -63,8 +69,10 @@ struct EnsureArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Command::Ensure(args) = Cli::parse().command;
-    ensure(args).await
+    match Cli::parse().command {
+        Command::Ensure(args) => ensure(args).await,
+        Command::BootstrapTarget(args) => bootstrap_cmd::run(args).await,
+    }
 }
 
 async fn ensure(args: EnsureArgs) -> anyhow::Result<()> {

@@ -1,0 +1,915 @@
+//! `certs bootstrap-target`: let a source cluster's delegate-sync into a target cluster.
+//!
+//! In the target: a ServiceAccount with the target chart's ClusterRole (pods and the reads
+//! placement needs) and a long-lived token Secret. In the source: a Secret holding a kubeconfig
+//! that authenticates with that token, which delegate-sync's chart mounts
+//! (`targets[].kubeconfigSecret`). Everything is written by server-side apply, so a second run
+//! changes nothing; a dry run has the API servers validate every write (`dryRun=All`) and keeps
+//! none.
+
+pub mod objects;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::core::v1::{Namespace, Node, Secret},
+};
+use kube::{
+    Api, Client, Resource,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use objects::{FIELD_MANAGER, Names, TargetAccess};
+
+/// What to bootstrap; the CLI's flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// None: `$KUBECONFIG` (a list of files, merged) or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    pub source_context: String,
+    pub target_context: String,
+    /// delegate-sync's name for the target (its `--target NAME=...`), a DNS label.
+    pub target_name: String,
+    /// Of the source, where delegate-sync runs and the kubeconfig Secret goes.
+    pub namespace: String,
+    /// In the target. None: `delegate-sync-<source context as a DNS label>`.
+    pub service_account: Option<String>,
+    /// Of the target, where the ServiceAccount and its token live (created when missing).
+    pub target_namespace: String,
+    /// None: `<target name>-kubeconfig`.
+    pub secret_name: Option<String>,
+    /// The target's API server as the source's pods reach it. None: the target context's.
+    pub target_server: Option<String>,
+    /// How long the token controller may take to fill the token Secret.
+    pub token_timeout: Duration,
+    pub dry_run: bool,
+}
+
+/// Default of [`Options::target_namespace`].
+pub const DEFAULT_TARGET_NAMESPACE: &str = "multicluster";
+/// Default of [`Options::token_timeout`].
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster as the messages name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterRef {
+    /// "source" or "target".
+    pub role: &'static str,
+    pub context: String,
+    pub server: String,
+}
+
+impl fmt::Display for ClusterRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the {} cluster (context {:?}, {})",
+            self.role, self.context, self.server
+        )
+    }
+}
+
+/// Why a bootstrap failed. Each names the flag, the context or the cluster concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("cannot load the kubeconfig {where_}: {detail}")]
+    Kubeconfig { where_: String, detail: String },
+    #[error(
+        "context {context:?} (--{flag}) is not in the kubeconfig {where_} (it has: {available})"
+    )]
+    ContextNotFound {
+        flag: &'static str,
+        context: String,
+        where_: String,
+        available: String,
+    },
+    #[error("context {context:?} (--{flag}) is not usable: {detail}")]
+    BadContext {
+        flag: &'static str,
+        context: String,
+        detail: String,
+    },
+    #[error("{cluster} is unreachable: {detail}")]
+    Unreachable { cluster: ClusterRef, detail: String },
+    #[error("{cluster} refused the credentials of its context: {detail}")]
+    Unauthorized { cluster: ClusterRef, detail: String },
+    #[error("{cluster} forbids the user of its context to {action}: {detail}")]
+    Forbidden {
+        cluster: ClusterRef,
+        action: String,
+        detail: String,
+    },
+    #[error("{cluster}: cannot {action}: {detail}")]
+    Api {
+        cluster: ClusterRef,
+        action: String,
+        detail: String,
+    },
+    #[error(
+        "{cluster}: the token controller did not fill Secret {secret} (token and ca.crt) within \
+         {timeout:?}; is kube-controller-manager running, with --service-account-private-key-file \
+         and --root-ca-file?"
+    )]
+    TokenTimeout {
+        cluster: ClusterRef,
+        secret: String,
+        timeout: Duration,
+    },
+    #[error("cannot write the kubeconfig: {0}")]
+    Render(String),
+}
+
+/// What a write did (or, in a dry run, would do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Unchanged,
+    Updated,
+}
+
+/// One object written, for the one-line report of each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The context of the cluster it is in.
+    pub context: String,
+    pub kind: String,
+    /// `namespace/name` or `name`.
+    pub name: String,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    /// In a dry run: not checked by the API server, because its namespace does not exist yet.
+    pub unchecked: bool,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcome = match self.outcome {
+            Outcome::Created => "created",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Updated => "updated",
+        };
+        write!(f, "{}: {} {} ", self.context, self.kind, self.name)?;
+        match (self.dry_run, self.outcome) {
+            (false, _) => f.write_str(outcome)?,
+            (true, Outcome::Unchanged) => f.write_str("unchanged (dry run)")?,
+            (true, _) => write!(f, "would be {outcome} (dry run)")?,
+        }
+        if self.unchecked {
+            f.write_str(", not validated: its namespace does not exist yet")?;
+        }
+        Ok(())
+    }
+}
+
+/// What was done.
+pub struct Report {
+    pub names: Names,
+    pub steps: Vec<Step>,
+    /// The server the kubeconfig points at.
+    pub server: String,
+    /// The kubeconfig stored in the source (None in a dry run without a token yet).
+    pub kubeconfig: Option<String>,
+    /// Whether the kubeconfig was seen to work from here (listing nodes of the target), and
+    /// why not. None in a dry run.
+    pub verified: Option<Result<(), String>>,
+}
+
+/// Without the token.
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Report")
+            .field("names", &self.names)
+            .field("steps", &self.steps)
+            .field("server", &self.server)
+            .field(
+                "kubeconfig",
+                &self.kubeconfig.as_ref().map(|_| "<redacted>"),
+            )
+            .field("verified", &self.verified)
+            .finish()
+    }
+}
+
+/// One cluster: a client and how to name it.
+struct Cluster {
+    client: Client,
+    cluster: ClusterRef,
+    /// From the kubeconfig, for the target's kubeconfig.
+    tls_server_name: Option<String>,
+}
+
+/// Runs the bootstrap, calling `on_step` after each object as it is written.
+pub async fn bootstrap_target(
+    options: &Options,
+    mut on_step: impl FnMut(&Step),
+) -> Result<Report, Error> {
+    let names = plan(options)?;
+    let kubeconfig = load_kubeconfig(options.kubeconfig.as_deref())?;
+    let where_ = kubeconfig_description(options.kubeconfig.as_deref());
+    if let Some(server) = &options.target_server {
+        server
+            .strip_prefix("https://")
+            .filter(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+            .ok_or(Error::Invalid {
+                flag: "target-server",
+                value: server.clone(),
+                reason: "not an https:// URL",
+            })?;
+    }
+    let source = connect(
+        &kubeconfig,
+        &where_,
+        "source-context",
+        "source",
+        &options.source_context,
+    )
+    .await?;
+    let target = connect(
+        &kubeconfig,
+        &where_,
+        "target-context",
+        "target",
+        &options.target_context,
+    )
+    .await?;
+    // Both reachable and accepting their credentials before anything is written.
+    for cluster in [&target, &source] {
+        cluster
+            .client
+            .apiserver_version()
+            .await
+            .map_err(|e| api_error(&cluster.cluster, "read the server version", e))?;
+    }
+    let server = options
+        .target_server
+        .clone()
+        .unwrap_or_else(|| target.cluster.server.clone());
+
+    let mut run = Run {
+        dry_run: options.dry_run,
+        steps: Vec::new(),
+        on_step: &mut on_step,
+    };
+
+    // The target.
+    let target_ns_exists = run
+        .namespace(&target, &names.target_namespace, &names)
+        .await?;
+    let in_target = Placement {
+        cluster: &target,
+        unchecked: options.dry_run && !target_ns_exists,
+    };
+    run.apply_namespaced(in_target, &names.target_namespace, &names.service_account())
+        .await?;
+    run.apply_cluster(&target, &names.cluster_role()).await?;
+    run.apply_cluster(&target, &names.cluster_role_binding())
+        .await?;
+    run.apply_namespaced(in_target, &names.target_namespace, &names.token_secret())
+        .await?;
+    let token = if options.dry_run {
+        // Only an existing, filled token can be used; otherwise a stand-in is validated.
+        match in_target.unchecked {
+            true => None,
+            false => read_token(&target, &names).await?,
+        }
+    } else {
+        Some(wait_for_token(&target, &names, options.token_timeout).await?)
+    };
+
+    // The source.
+    let kubeconfig_text = match &token {
+        Some(token) => Some(
+            objects::render_kubeconfig(&TargetAccess {
+                name: &names.target,
+                server: &server,
+                tls_server_name: target.tls_server_name.as_deref(),
+                ca: &token.ca,
+                user: &names.service_account,
+                token: &token.token,
+            })
+            .map_err(|e| Error::Render(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let source_ns_exists = run.namespace(&source, &names.namespace, &names).await?;
+    let secret = names.kubeconfig_secret(
+        kubeconfig_text
+            .as_deref()
+            .unwrap_or("# the token is not minted yet (dry run)\n"),
+    );
+    run.apply_namespaced(
+        Placement {
+            cluster: &source,
+            unchecked: options.dry_run && !source_ns_exists,
+        },
+        &names.namespace,
+        &secret,
+    )
+    .await?;
+
+    let verified = match (&kubeconfig_text, options.dry_run) {
+        (Some(text), false) => Some(verify(text).await),
+        _ => None,
+    };
+    Ok(Report {
+        names,
+        steps: run.steps,
+        server,
+        kubeconfig: kubeconfig_text,
+        verified,
+    })
+}
+
+/// The names of everything, from the options; refuses names the API would refuse.
+pub fn plan(options: &Options) -> Result<Names, Error> {
+    let invalid = |flag, value: &str, reason| Error::Invalid {
+        flag,
+        value: value.to_string(),
+        reason,
+    };
+    let label = "not a DNS label (lowercase letters, digits and -, at most 63)";
+    let subdomain = "not a DNS subdomain (lowercase letters, digits, - and ., at most 253)";
+    if !objects::is_dns_label(&options.target_name) {
+        return Err(invalid("target-name", &options.target_name, label));
+    }
+    for (flag, value) in [
+        ("namespace", &options.namespace),
+        ("target-namespace", &options.target_namespace),
+    ] {
+        if !objects::is_dns_label(value) {
+            return Err(invalid(flag, value, label));
+        }
+    }
+    let source = match objects::dns_label_from(&options.source_context, 49) {
+        label if label.is_empty() => "source".to_string(),
+        label => label,
+    };
+    let service_account = options
+        .service_account
+        .clone()
+        .unwrap_or_else(|| format!("delegate-sync-{source}"));
+    let secret = options
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-kubeconfig", options.target_name));
+    for (flag, value) in [
+        ("service-account", &service_account),
+        ("secret-name", &secret),
+    ] {
+        if !objects::is_dns_subdomain(value) {
+            return Err(invalid(flag, value, subdomain));
+        }
+    }
+    // The token Secret's name is `<service account>-token`.
+    if service_account.len() > 253 - "-token".len() {
+        return Err(invalid(
+            "service-account",
+            &service_account,
+            "too long (at most 247)",
+        ));
+    }
+    Ok(Names {
+        source,
+        target: options.target_name.clone(),
+        cluster_role: format!("{}-{service_account}", options.target_namespace),
+        token_secret: format!("{service_account}-token"),
+        target_namespace: options.target_namespace.clone(),
+        service_account,
+        namespace: options.namespace.clone(),
+        secret,
+    })
+}
+
+fn kubeconfig_description(path: Option<&Path>) -> String {
+    match path {
+        Some(path) => path.display().to_string(),
+        None => match std::env::var_os("KUBECONFIG") {
+            Some(list) if !list.is_empty() => format!("$KUBECONFIG ({})", list.to_string_lossy()),
+            _ => "~/.kube/config".into(),
+        },
+    }
+}
+
+fn load_kubeconfig(path: Option<&Path>) -> Result<Kubeconfig, Error> {
+    let loaded = match path {
+        Some(path) => Kubeconfig::read_from(path),
+        None => Kubeconfig::read(),
+    };
+    loaded.map_err(|e| Error::Kubeconfig {
+        where_: kubeconfig_description(path),
+        detail: chain(&e),
+    })
+}
+
+/// A client for one context, with short timeouts: an unreachable cluster fails in seconds.
+async fn connect(
+    kubeconfig: &Kubeconfig,
+    where_: &str,
+    flag: &'static str,
+    role: &'static str,
+    context: &str,
+) -> Result<Cluster, Error> {
+    let Some(named) = kubeconfig.contexts.iter().find(|c| c.name == context) else {
+        let available: Vec<&str> = kubeconfig
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        return Err(Error::ContextNotFound {
+            flag,
+            context: context.to_string(),
+            where_: where_.to_string(),
+            available: if available.is_empty() {
+                "no contexts".into()
+            } else {
+                available.join(", ")
+            },
+        });
+    };
+    let bad = |detail: String| Error::BadContext {
+        flag,
+        context: context.to_string(),
+        detail,
+    };
+    let cluster_name = named
+        .context
+        .as_ref()
+        .map(|c| c.cluster.clone())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| bad("it names no cluster".into()))?;
+    let entry = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| {
+            bad(format!(
+                "its cluster {cluster_name:?} is not in the kubeconfig"
+            ))
+        })?;
+    let server = entry
+        .server
+        .clone()
+        .ok_or_else(|| bad(format!("its cluster {cluster_name:?} has no server")))?;
+    let options = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &options)
+        .await
+        .map_err(|e| bad(chain(&e)))?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    let client = Client::try_from(config).map_err(|e| bad(chain(&e)))?;
+    Ok(Cluster {
+        client,
+        cluster: ClusterRef {
+            role,
+            context: context.to_string(),
+            server,
+        },
+        tls_server_name: entry.tls_server_name.clone(),
+    })
+}
+
+/// An error and its causes on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn api_error(cluster: &ClusterRef, action: &str, error: kube::Error) -> Error {
+    let cluster = cluster.clone();
+    let action = action.to_string();
+    match error {
+        kube::Error::Api(status) if status.code == 401 => Error::Unauthorized {
+            cluster,
+            detail: status.message,
+        },
+        kube::Error::Api(status) if status.code == 403 => Error::Forbidden {
+            cluster,
+            action,
+            detail: status.message,
+        },
+        kube::Error::Api(status) => Error::Api {
+            cluster,
+            action,
+            detail: format!("{} ({})", status.message, status.code),
+        },
+        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => Error::Unreachable {
+            cluster,
+            detail: chain(&e),
+        },
+        e => Error::Api {
+            cluster,
+            action,
+            detail: chain(&e),
+        },
+    }
+}
+
+/// Where a namespaced object goes.
+#[derive(Clone, Copy)]
+struct Placement<'a> {
+    cluster: &'a Cluster,
+    /// A dry run whose namespace does not exist yet: the server cannot check the object.
+    unchecked: bool,
+}
+
+struct Run<'a, F> {
+    dry_run: bool,
+    steps: Vec<Step>,
+    on_step: &'a mut F,
+}
+
+impl<F: FnMut(&Step)> Run<'_, F> {
+    fn record(
+        &mut self,
+        cluster: &Cluster,
+        kind: &str,
+        name: String,
+        outcome: Outcome,
+        unchecked: bool,
+    ) {
+        let step = Step {
+            context: cluster.cluster.context.clone(),
+            kind: kind.to_string(),
+            name,
+            outcome,
+            dry_run: self.dry_run,
+            unchecked,
+        };
+        (self.on_step)(&step);
+        self.steps.push(step);
+    }
+
+    /// Creates the namespace when missing (an existing one is left alone); whether it existed.
+    async fn namespace(
+        &mut self,
+        cluster: &Cluster,
+        name: &str,
+        names: &Names,
+    ) -> Result<bool, Error> {
+        let api: Api<Namespace> = Api::all(cluster.client.clone());
+        let action = format!("read Namespace {name}");
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(&cluster.cluster, &action, e))?;
+        if existing.is_some() {
+            self.record(cluster, "Namespace", name.into(), Outcome::Unchanged, false);
+            return Ok(true);
+        }
+        let params = PostParams {
+            dry_run: self.dry_run,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        match api.create(&params, &names.namespace(name)).await {
+            Ok(_) => {
+                self.record(cluster, "Namespace", name.into(), Outcome::Created, false);
+                Ok(false)
+            }
+            // Created meanwhile by someone else: as good.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                self.record(cluster, "Namespace", name.into(), Outcome::Unchanged, false);
+                Ok(true)
+            }
+            Err(e) => Err(api_error(
+                &cluster.cluster,
+                &format!("create Namespace {name}"),
+                e,
+            )),
+        }
+    }
+
+    async fn apply_namespaced<K>(
+        &mut self,
+        placement: Placement<'_>,
+        namespace: &str,
+        object: &K,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let full = format!("{namespace}/{name}");
+        let cluster = placement.cluster;
+        if placement.unchecked {
+            self.record(cluster, &K::kind(&()), full, Outcome::Created, true);
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(cluster.client.clone(), namespace);
+        let outcome = apply(&api, &cluster.cluster, &full, object, self.dry_run).await?;
+        self.record(cluster, &K::kind(&()), full, outcome, false);
+        Ok(())
+    }
+
+    async fn apply_cluster<K>(&mut self, cluster: &Cluster, object: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let api: Api<K> = Api::all(cluster.client.clone());
+        let outcome = apply(&api, &cluster.cluster, &name, object, self.dry_run).await?;
+        self.record(cluster, &K::kind(&()), name, outcome, false);
+        Ok(())
+    }
+}
+
+/// Server-side apply (forced: these objects are this tool's to define); the outcome compares
+/// the object before and after, ignoring bookkeeping (managedFields, resourceVersion).
+async fn apply<K>(
+    api: &Api<K>,
+    cluster: &ClusterRef,
+    full_name: &str,
+    object: &K,
+    dry_run: bool,
+) -> Result<Outcome, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + fmt::Debug,
+{
+    let kind = K::kind(&());
+    let name = object.meta().name.clone().unwrap_or_default();
+    let before = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| api_error(cluster, &format!("read {kind} {full_name}"), e))?;
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
+    let after = api
+        .patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map_err(|e| api_error(cluster, &format!("apply {kind} {full_name}"), e))?;
+    Ok(match before {
+        None => Outcome::Created,
+        Some(before) if comparable(&before) == comparable(&after) => Outcome::Unchanged,
+        Some(_) => Outcome::Updated,
+    })
+}
+
+fn comparable<K: Serialize>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(metadata) = value
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        metadata.remove("managedFields");
+        metadata.remove("resourceVersion");
+    }
+    value
+}
+
+/// What the token controller filled in.
+struct Token {
+    token: String,
+    ca: Vec<u8>,
+}
+
+async fn read_token(target: &Cluster, names: &Names) -> Result<Option<Token>, Error> {
+    let api: Api<Secret> = Api::namespaced(target.client.clone(), &names.target_namespace);
+    let action = format!(
+        "read Secret {}/{}",
+        names.target_namespace, names.token_secret
+    );
+    let secret = api
+        .get_opt(&names.token_secret)
+        .await
+        .map_err(|e| api_error(&target.cluster, &action, e))?;
+    let data = secret.and_then(|s| s.data).unwrap_or_default();
+    let field = |key: &str| data.get(key).map(|b| b.0.clone()).filter(|b| !b.is_empty());
+    Ok(match (field("token"), field("ca.crt")) {
+        (Some(token), Some(ca)) => String::from_utf8(token)
+            .ok()
+            .map(|token| Token { token, ca }),
+        _ => None,
+    })
+}
+
+async fn wait_for_token(
+    target: &Cluster,
+    names: &Names,
+    timeout: Duration,
+) -> Result<Token, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(token) = read_token(target, names).await? {
+            return Ok(token);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::TokenTimeout {
+                cluster: target.cluster.clone(),
+                secret: format!("{}/{}", names.target_namespace, names.token_secret),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Lists nodes of the target with the new kubeconfig (from here: a `--target-server` meant
+/// for the source's pods may not be reachable from this machine). The legacy token
+/// authenticator may need a moment to see a new token Secret.
+async fn verify(kubeconfig: &str) -> Result<(), String> {
+    let config = async {
+        let parsed = Kubeconfig::from_yaml(kubeconfig).map_err(|e| chain(&e))?;
+        let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+            .await
+            .map_err(|e| chain(&e))?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        Client::try_from(config).map_err(|e| chain(&e))
+    };
+    let client = config.await?;
+    let nodes: Api<Node> = Api::all(client);
+    let mut last = String::new();
+    for _ in 0..20 {
+        match nodes.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 401 => last = status.message,
+            Err(e) => return Err(chain(&e)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            kubeconfig: None,
+            source_context: "kind-Cluster_1".into(),
+            target_context: "cluster2".into(),
+            target_name: "cluster2".into(),
+            namespace: "multicluster".into(),
+            service_account: None,
+            target_namespace: DEFAULT_TARGET_NAMESPACE.into(),
+            secret_name: None,
+            target_server: None,
+            token_timeout: DEFAULT_TOKEN_TIMEOUT,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_target_chart_and_the_delegate_sync_chart() {
+        let names = plan(&options()).unwrap();
+        assert_eq!(names.source, "kind-cluster-1");
+        assert_eq!(names.service_account, "delegate-sync-kind-cluster-1");
+        assert_eq!(
+            names.cluster_role,
+            "multicluster-delegate-sync-kind-cluster-1"
+        );
+        assert_eq!(names.token_secret, "delegate-sync-kind-cluster-1-token");
+        assert_eq!(names.secret, "cluster2-kubeconfig");
+        let named = plan(&Options {
+            service_account: Some("sa".into()),
+            secret_name: Some("creds".into()),
+            ..options()
+        })
+        .unwrap();
+        assert_eq!(
+            (named.service_account.as_str(), named.secret.as_str()),
+            ("sa", "creds")
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused_naming_the_flag() {
+        let refused = |options: Options| plan(&options).unwrap_err().to_string();
+        assert!(
+            refused(Options {
+                target_name: "Cluster2".into(),
+                ..options()
+            })
+            .starts_with("invalid --target-name \"Cluster2\"")
+        );
+        assert!(
+            refused(Options {
+                namespace: "a/b".into(),
+                ..options()
+            })
+            .starts_with("invalid --namespace")
+        );
+        assert!(
+            refused(Options {
+                service_account: Some("x_y".into()),
+                ..options()
+            })
+            .starts_with("invalid --service-account")
+        );
+    }
+
+    #[test]
+    fn steps_read_as_one_line_each() {
+        let step = Step {
+            context: "cluster2".into(),
+            kind: "ServiceAccount".into(),
+            name: "multicluster/sa".into(),
+            outcome: Outcome::Created,
+            dry_run: false,
+            unchecked: false,
+        };
+        assert_eq!(
+            step.to_string(),
+            "cluster2: ServiceAccount multicluster/sa created"
+        );
+        let dry = Step {
+            dry_run: true,
+            unchecked: true,
+            ..step.clone()
+        };
+        assert_eq!(
+            dry.to_string(),
+            "cluster2: ServiceAccount multicluster/sa would be created (dry run), not validated: \
+             its namespace does not exist yet"
+        );
+        let same = Step {
+            dry_run: true,
+            outcome: Outcome::Unchanged,
+            ..step
+        };
+        assert_eq!(
+            same.to_string(),
+            "cluster2: ServiceAccount multicluster/sa unchanged (dry run)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_context_is_named_with_the_ones_there_are() {
+        let dir = std::env::temp_dir().join(format!("certs-bootstrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster:\n    server: https://127.0.0.1:1\n\
+             users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: one\n  context: {cluster: c1, user: u}\n\
+             - name: two\n  context: {cluster: c1, user: u}\n",
+        )
+        .unwrap();
+        let error = bootstrap_target(
+            &Options {
+                kubeconfig: Some(path.clone()),
+                source_context: "one".into(),
+                target_context: "cluster9".into(),
+                ..options()
+            },
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "context \"cluster9\" (--target-context) is not in the kubeconfig {} (it has: one, two)",
+                path.display()
+            )
+        );
+        // Nothing listens on port 1: unreachable, naming the cluster, before any write.
+        let error = bootstrap_target(
+            &Options {
+                kubeconfig: Some(path.clone()),
+                source_context: "one".into(),
+                target_context: "two".into(),
+                ..options()
+            },
+            |_| panic!("nothing may be written"),
+        )
+        .await
+        .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            error.to_string().starts_with(
+                "the target cluster (context \"two\", https://127.0.0.1:1) is unreachable: "
+            ),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! `certs bootstrap-target`: flags, and the report printed as it goes.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use certs::bootstrap::{self, DEFAULT_TARGET_NAMESPACE, Options};
+use clap::Args;
+
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// Kubeconfig holding both contexts (default: $KUBECONFIG, a list of files merged, then
+    /// ~/.kube/config).
+    #[arg(long, env = "CERTS_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Context of the source cluster (where delegate-sync runs).
+    #[arg(long, env = "CERTS_SOURCE_CONTEXT")]
+    source_context: String,
+    /// Context of the target cluster (where delegates will run).
+    #[arg(long, env = "CERTS_TARGET_CONTEXT")]
+    target_context: String,
+    /// delegate-sync's name for the target (a DNS label): the name in its `targets` values.
+    #[arg(long, env = "CERTS_TARGET_NAME")]
+    target_name: String,
+    /// Namespace of the source where delegate-sync runs; the kubeconfig Secret goes there
+    /// (created when missing).
+    #[arg(long, short = 'n', env = "CERTS_NAMESPACE")]
+    namespace: String,
+    /// The target's ServiceAccount [default: delegate-sync-<source context as a DNS label>].
+    #[arg(long, env = "CERTS_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Namespace of the target for the ServiceAccount and its token (created when missing).
+    #[arg(long, env = "CERTS_TARGET_NAMESPACE", default_value = DEFAULT_TARGET_NAMESPACE)]
+    target_namespace: String,
+    /// The kubeconfig Secret in the source [default: <target name>-kubeconfig].
+    #[arg(long, env = "CERTS_SECRET_NAME")]
+    secret_name: Option<String>,
+    /// The target's API server URL as the source's pods reach it [default: the target
+    /// context's server].
+    #[arg(long, env = "CERTS_TARGET_SERVER")]
+    target_server: Option<String>,
+    /// How long to wait for the token controller to fill the token Secret.
+    #[arg(long, env = "CERTS_TOKEN_TIMEOUT_SECONDS", default_value_t = 60)]
+    token_timeout_seconds: u64,
+    /// Show what would be done; the API servers validate every write (dryRun=All) and keep none.
+    #[arg(long, env = "CERTS_DRY_RUN")]
+    dry_run: bool,
+}
+
+pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
+    let BootstrapArgs {
+        kubeconfig,
+        source_context,
+        target_context,
+        target_name,
+        namespace,
+        service_account,
+        target_namespace,
+        secret_name,
+        target_server,
+        token_timeout_seconds,
+        dry_run,
+    } = args;
+    let options = Options {
+        kubeconfig,
+        source_context,
+        target_context,
+        target_name,
+        namespace,
+        service_account,
+        target_namespace,
+        secret_name,
+        target_server,
+        token_timeout: Duration::from_secs(token_timeout_seconds),
+        dry_run,
+    };
+    let report = bootstrap::bootstrap_target(&options, |step| println!("certs: {step}"))
+        .await
+        .with_context(|| {
+            format!(
+                "bootstrap of target {:?} (context {:?}) for source context {:?} failed",
+                options.target_name, options.target_context, options.source_context
+            )
+        })?;
+    let names = &report.names;
+    if is_loopback(&report.server) {
+        eprintln!(
+            "certs: warning: the kubeconfig points at {}, a loopback address: pods of the \
+             source cluster cannot reach it (give --target-server)",
+            report.server
+        );
+    }
+    match &report.verified {
+        Some(Ok(())) => println!(
+            "certs: the kubeconfig works from here (it lists the target's nodes as {}/{})",
+            names.target_namespace, names.service_account
+        ),
+        Some(Err(why)) => eprintln!(
+            "certs: warning: the kubeconfig did not work from here ({why}); from the source's \
+             pods it may"
+        ),
+        None => {}
+    }
+    if !options.dry_run {
+        println!(
+            "certs: delegate-sync values: targets: [{{name: {}, kubeconfigSecret: {}}}] \
+             (in namespace {} of the source)",
+            names.target, names.secret, names.namespace
+        );
+    }
+    Ok(())
+}
+
+fn is_loopback(server: &str) -> bool {
+    let host = server
+        .strip_prefix("https://")
+        .unwrap_or(server)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_servers_are_recognised() {
+        for server in [
+            "https://127.0.0.1:6443",
+            "https://localhost",
+            "https://[::1]:443/",
+        ] {
+            assert!(super::is_loopback(server), "{server}");
+        }
+        for server in ["https://10.0.0.1:6443", "https://api.example.com"] {
+            assert!(!super::is_loopback(server), "{server}");
+        }
+    }
+}
