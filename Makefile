@@ -10,7 +10,7 @@ TESTBED := target/debug/testbed
 # The shipped proxy-waiter: no std, glibc linked statically, size-optimised (see proxy-waiter/).
 WAITER := target/x86_64-unknown-linux-gnu/waiter/proxy-waiter
 WAITER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static -C link-arg=-lgcc_eh -C link-arg=-lgcc
-APT_PACKAGES := buildah busybox-static
+APT_PACKAGES := buildah busybox-static file
 # Load generator and Go baseline of the webhook benchmark, cached outside the checkout.
 OHA_VERSION := 1.16.0
 OHA := $(HOME)/.cache/delegate-pods/cargo-tools/oha-$(OHA_VERSION)/bin/oha
@@ -42,8 +42,8 @@ waiter: ## Build the shipped static proxy-waiter and print its size
 	@echo "proxy-waiter: $$(stat -c %s $(WAITER)) bytes (static, stripped): $(WAITER)"
 
 .PHONY: images
-images: waiter packages ## OCI archives under target/images/ (buildah, no daemon)
-	@e2e/images/build.sh proxy-waiter $(WAITER)
+images: waiter packages ## OCI archives of webhook, delegate-sync, certs and proxy-waiter in target/images/ (buildah, no daemon)
+	@e2e/images/build-all.sh $(WAITER)
 
 .PHONY: tools
 tools: ## Build the pinned Kubernetes, etcd, kwok and helm binaries (cached by version)
@@ -75,6 +75,9 @@ test: prerequisites lint tools $(TESTBED) waiter ## Everything CI checks: lint, 
 	PROXY_WAITER_BIN=$(CURDIR)/$(WAITER) $(CARGO) test --locked -p proxy-waiter --test process
 	@size=$$(stat -c %s $(WAITER)); [ $$size -le 1048576 ] || { echo "proxy-waiter is $$size bytes, over 1 MiB" >&2; exit 1; }
 
+BENCH_TESTBED_DIR := $(CURDIR)/target/bench-testbed
+COMMA := ,
+
 $(OHA):
 	$(CARGO) install --quiet --locked oha@$(OHA_VERSION) --root $(HOME)/.cache/delegate-pods/cargo-tools/oha-$(OHA_VERSION)
 
@@ -89,17 +92,20 @@ bench: tools $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benchmarks; resu
 	@e2e/bench/testbed-startup.sh
 	@e2e/bench/waiter_footprint.py
 	@OHA=$(OHA) GO_WEBHOOK=$(GO_WEBHOOK) e2e/bench/webhook_load.py
+	@$(CARGO) build --quiet --locked --release -p delegate-sync --bins --examples
+	@trap 'TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
+	TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) up --clusters 3 --preset e2e/testbed/presets/bench.json >/dev/null && \
+	target/release/examples/propagation --testbed-dir $(BENCH_TESTBED_DIR) \
+	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000)
 	@e2e/bench/summary.py
 
 .PHONY: demo
-demo: testbed-up ## The blog's scenarios on local clusters (scenarios arrive with issue #7)
-	@echo
-	@echo "The clusters are up. Where the blog's scenarios will run:"
-	@for c in $$($(TESTBED) status | awk '/--context/ {print $$3}'); do \
-	  echo "--- $$c"; target/tools/bin/kubectl --kubeconfig target/testbed/kubeconfig --context $$c get nodes; done
-	@echo
-	@echo "Not yet: the delegation scenarios A and B need the webhook and delegate-sync (issues #3-#7)."
-	@echo "Explore with: export KUBECONFIG=$(CURDIR)/target/testbed/kubeconfig; stop with: make testbed-down"
+demo: testbed-up ## The blog's scenarios A and B on the local clusters (KEEP=1 leaves everything up)
+	@if [ "$(KEEP)" != 1 ]; then trap 'echo; $(TESTBED) down; echo "(make demo KEEP=1 leaves everything up)"' EXIT; fi; \
+	echo "building webhook, delegate-sync, certs and the demo (debug) ..."; \
+	$(CARGO) build --quiet --locked -p webhook -p delegate-sync -p certs --bins; \
+	$(CARGO) build --quiet --locked -p e2e --bin demo; \
+	target/debug/demo $(if $(filter 1,$(KEEP)),--keep)
 
 .PHONY: FORCE
 FORCE:
