@@ -22,14 +22,18 @@ pub struct Args {
     #[arg(long, env = "DELEGATE_SYNC_CONTEXT")]
     pub context: Option<String>,
     /// A target cluster: NAME=KUBECONFIG[#CONTEXT]; NAME=self targets the source cluster.
-    /// Repeat, or separate with commas.
+    /// Repeat, or separate with commas. Adds to the targets of --config.
     #[arg(
         long = "target",
         env = "DELEGATE_SYNC_TARGETS",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "config"
     )]
     pub targets: Vec<TargetSpec>,
+    /// YAML file listing targets: `targets: [{name: cluster2, kubeconfig: /path, context: c2},
+    /// {name: cluster1, self: true}]`.
+    #[arg(long, env = "DELEGATE_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
     /// File with the key that verifies saved manifests (the webhook's --manifest-key-file).
     #[arg(long, env = "DELEGATE_SYNC_MANIFEST_KEY_FILE")]
     pub manifest_key_file: PathBuf,
@@ -76,6 +80,60 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "DELEGATE_SYNC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+}
+
+/// The targets of a --config file.
+pub fn targets_file(text: &str) -> anyhow::Result<Vec<TargetSpec>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        targets: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        name: String,
+        kubeconfig: Option<PathBuf>,
+        context: Option<String>,
+        #[serde(default, rename = "self")]
+        is_self: bool,
+    }
+    let file: File = serde_saphyr::from_str(text).context("not a targets file")?;
+    file.targets
+        .into_iter()
+        .map(|e| {
+            let location = match (e.is_self, e.kubeconfig, e.context) {
+                (true, None, None) => "self".to_string(),
+                (false, Some(path), context) => {
+                    let path = path.display().to_string();
+                    match context {
+                        Some(context) => format!("{path}#{context}"),
+                        None => path,
+                    }
+                }
+                _ => anyhow::bail!(
+                    "target {:?}: give either `self: true` or `kubeconfig` (and optionally `context`)",
+                    e.name
+                ),
+            };
+            format!("{}={location}", e.name)
+                .parse::<TargetSpec>()
+                .map_err(anyhow::Error::msg)
+        })
+        .collect()
+}
+
+fn check_unique(targets: &[TargetSpec]) -> anyhow::Result<()> {
+    if targets.is_empty() {
+        anyhow::bail!("no targets: give --target or --config");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for target in targets {
+        if !seen.insert(&target.name) {
+            anyhow::bail!("target {:?} is given twice", target.name);
+        }
+    }
+    Ok(())
 }
 
 /// A Go-style duration of whole units: `90s`, `15m`, `1h30m`.
@@ -171,7 +229,8 @@ impl Args {
             cluster_name,
             kubeconfig,
             context,
-            targets,
+            mut targets,
+            config,
             manifest_key_file,
             pending_retry_seconds,
             cluster_lost_timeout,
@@ -192,6 +251,14 @@ impl Args {
                 leader_election_identity.unwrap_or_else(crate::leader::host_name),
             )),
         };
+        if let Some(path) = &config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            let file =
+                targets_file(&text).with_context(|| format!("--config {}", path.display()))?;
+            targets.splice(0..0, file);
+        }
+        check_unique(&targets)?;
         let bytes = std::fs::read(&manifest_key_file).with_context(|| {
             format!(
                 "cannot read --manifest-key-file {}",
@@ -217,6 +284,22 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_come_from_a_file_too_and_mistakes_are_named() {
+        let targets = targets_file(
+            "targets:\n  - name: cluster2\n    kubeconfig: /etc/c2\n    context: admin\n  - name: cluster1\n    self: true\n",
+        )
+        .unwrap();
+        assert_eq!(targets[0], "cluster2=/etc/c2#admin".parse().unwrap());
+        assert_eq!(targets[1].kubeconfig, None);
+        let both = targets_file("targets: [{name: x, self: true, kubeconfig: /k}]").unwrap_err();
+        assert!(format!("{both:#}").contains("either"), "{both:#}");
+        assert!(targets_file("targets: [{name: x, kubeconfig: /k, color: red}]").is_err());
+        let twice = check_unique(&targets.iter().chain(&targets).cloned().collect::<Vec<_>>());
+        assert!(twice.unwrap_err().to_string().contains("twice"));
+        assert!(check_unique(&[]).is_err());
+    }
 
     #[test]
     fn durations_read_like_go() {
