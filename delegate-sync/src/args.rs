@@ -50,6 +50,9 @@ pub struct Args {
     /// (a duration: 90s, 15m, 1h).
     #[arg(long, env = "DELEGATE_SYNC_CLUSTER_LOST_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
     pub cluster_lost_timeout: Duration,
+    /// Proxies reconciled at the same time (each may hold a connection to an apiserver).
+    #[arg(long, env = "DELEGATE_SYNC_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Run only while holding a Lease, so that several replicas are safe (one works, the
     /// others wait to take over).
     #[arg(long, env = "DELEGATE_SYNC_LEADER_ELECT")]
@@ -218,6 +221,7 @@ pub struct Config {
     pub key: ManifestKey,
     pub pending_retry: Duration,
     pub cluster_lost_timeout: Duration,
+    pub concurrency: u16,
     /// None: no leader election (one replica).
     pub leader_election: Option<crate::leader::LeaseSettings>,
     pub admin_address: std::net::SocketAddr,
@@ -234,6 +238,7 @@ impl Args {
             manifest_key_file,
             pending_retry_seconds,
             cluster_lost_timeout,
+            concurrency,
             leader_elect,
             leader_election_namespace,
             leader_election_lease_name,
@@ -275,6 +280,7 @@ impl Args {
             key,
             pending_retry: Duration::from_secs(pending_retry_seconds.max(1)),
             cluster_lost_timeout,
+            concurrency,
             leader_election,
             admin_address,
         })

@@ -80,6 +80,8 @@ pub struct Timing {
     /// After this long unreachable, a target's running proxies fail `ClusterLost` and deleted
     /// proxies are released without deleting their delegates there.
     pub cluster_lost_timeout: Duration,
+    /// Proxies reconciled at the same time.
+    pub concurrency: u16,
 }
 
 /// What every reconciliation shares.
@@ -149,7 +151,11 @@ pub async fn run(
     )
     .default_backoff()
     .applied_objects();
-    let controller = Controller::for_stream(proxy_changes, store);
+    // Bounded: every reconciliation in flight may hold a connection to an apiserver, and a
+    // burst of a thousand proxies must not open a thousand TLS connections.
+    let controller = Controller::for_stream(proxy_changes, store).with_config(
+        kube::runtime::controller::Config::default().concurrency(context.timing.concurrency),
+    );
     let unplaced = wake_when(controller.store(), signals.room_freed, |proxy| {
         let annotations = proxy.annotations();
         !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
@@ -587,7 +593,7 @@ async fn create_delegate(
         format!("created delegate {delegate_name} in {}", target.name),
     )
     .await;
-    Ok(Action::await_change())
+    Ok(Action::requeue(RESYNC))
 }
 
 fn forget_in_flight(context: &Context, cluster: &str, delegate_name: &str) {
@@ -620,7 +626,7 @@ async fn mirror(
         patch_annotations(api, proxy, Value::Object(changed)).await?;
     }
     match outcome::result_of(delegate) {
-        None => Ok(Action::await_change()),
+        None => Ok(Action::requeue(RESYNC)),
         Some(result) => {
             let reason = if result.phase == contract::result::Phase::Succeeded {
                 "DelegateSucceeded"
@@ -724,6 +730,10 @@ async fn cluster_unreachable(
     )
     .await
 }
+
+/// How often a running proxy is looked at again without any event: a watch that restarts may
+/// miss a deletion, and a lost delegate must still fail its proxy.
+const RESYNC: Duration = Duration::from_secs(20);
 
 /// The reason of proxies failed because their target stopped answering.
 pub const CLUSTER_LOST: &str = "ClusterLost";

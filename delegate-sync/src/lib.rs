@@ -36,6 +36,7 @@ pub async fn run(
         key,
         pending_retry,
         cluster_lost_timeout,
+        concurrency,
         leader_election,
         admin_address,
     } = config;
@@ -108,6 +109,7 @@ pub async fn run(
         controller::Timing {
             pending_retry,
             cluster_lost_timeout,
+            concurrency,
         },
         metrics,
     ));

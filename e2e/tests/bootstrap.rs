@@ -390,6 +390,7 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         pending_retry: Duration::from_secs(600),
         cluster_lost_timeout: Duration::from_secs(3600),
         leader_election: None,
+        concurrency: 16,
         admin_address: admin,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

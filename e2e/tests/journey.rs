@@ -107,6 +107,7 @@ async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
         pending_retry: Duration::from_secs(600),
         cluster_lost_timeout: Duration::from_secs(3600),
         leader_election: None,
+        concurrency: 16,
         admin_address: "127.0.0.1:0".parse().unwrap(),
     };
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();

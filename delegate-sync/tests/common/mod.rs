@@ -72,6 +72,7 @@ impl Controller {
                 .cluster_lost_timeout
                 .unwrap_or(Duration::from_secs(3600)),
             leader_election: options.leader_election,
+            concurrency: 16,
             admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
