@@ -881,11 +881,18 @@ async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str,
         action: "Delegate".into(),
         secondary: None,
     };
-    if let Err(e) = context
-        .recorder
-        .publish(&event, &proxy.object_ref(&()))
-        .await
-    {
-        tracing::warn!("cannot publish event {reason}: {e}");
+    let recorder = context.recorder.clone();
+    let reference = proxy.object_ref(&());
+    let reason = reason.to_string();
+    let publishing = async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!("cannot publish event {reason}: {e}");
+        }
+    };
+    // Normal Events are the hot path of every proxy: they need not delay the next step.
+    // Warnings explain why nothing happens, so they are written before the reconcile returns.
+    match type_ {
+        EventType::Normal => drop(tokio::spawn(publishing)),
+        EventType::Warning => publishing.await,
     }
 }
