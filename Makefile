@@ -99,6 +99,28 @@ bench: tools $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benchmarks; resu
 	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000)
 	@e2e/bench/summary.py
 
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := $(HOME)/.cache/delegate-pods/cargo-tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)/bin/cargo-fuzz
+FUZZ_INPUTS ?= 1000000
+FUZZ_TARGETS := webhook manifest result downward
+
+$(CARGO_FUZZ):
+	$(CARGO) install --quiet --locked cargo-fuzz@$(CARGO_FUZZ_VERSION) --root $(HOME)/.cache/delegate-pods/cargo-tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+
+.PHONY: fuzz
+fuzz: $(CARGO_FUZZ) ## Fuzz the webhook and the contract's decoders: FUZZ_INPUTS (1000000) per target, libFuzzer then the seeded runner
+	@$(CARGO) build --quiet --locked --release -p fuzz
+	@rm -rf target/fuzz/corpus && target/release/fuzz seeds target/fuzz/corpus
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz/artifacts/$$t; \
+	  $(CARGO_FUZZ) fuzz run --fuzz-dir fuzz/libfuzzer --target-dir target/libfuzzer --sanitizer none $$t target/fuzz/corpus/$$t -- \
+	    -runs=$(FUZZ_INPUTS) -max_len=524288 -seed=1 -timeout=10 -print_final_stats=1 \
+	    -artifact_prefix=target/fuzz/artifacts/$$t/ > target/fuzz/libfuzzer-$$t.log 2>&1 \
+	    || { tail -40 target/fuzz/libfuzzer-$$t.log >&2; exit 1; }; \
+	  echo "libFuzzer $$t: $$(grep -E '^Done' target/fuzz/libfuzzer-$$t.log), $$(grep -oE 'cov: [0-9]+ ft: [0-9]+' target/fuzz/libfuzzer-$$t.log | tail -1)"; \
+	done
+	@target/release/fuzz run --inputs $(FUZZ_INPUTS) --seed 1
+
 .PHONY: demo
 demo: testbed-up ## The blog's scenarios A and B on the local clusters (KEEP=1 leaves everything up)
 	@if [ "$(KEEP)" != 1 ]; then trap 'echo; $(TESTBED) down; echo "(make demo KEEP=1 leaves everything up)"' EXIT; fi; \

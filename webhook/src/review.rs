@@ -16,14 +16,14 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 struct Review {
     api_version: Option<String>,
     kind: Option<String>,
-    request: Option<Request>,
+    request: Option<Object<Request>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request {
     uid: String,
-    kind: Option<GroupVersionKind>,
+    kind: Option<Object<GroupVersionKind>>,
     sub_resource: Option<String>,
     namespace: Option<String>,
     operation: Option<String>,
@@ -38,6 +38,28 @@ struct GroupVersionKind {
     version: String,
     #[serde(default)]
     kind: String,
+}
+
+/// A struct read from a JSON object only: serde's derive also takes a struct's fields from an
+/// array (`["admission.k8s.io/v1", "AdmissionReview", {...}]`), which is no AdmissionReview.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for MapOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(MapOnly(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 #[derive(Serialize)]
@@ -67,7 +89,9 @@ struct Status {
     message: String,
 }
 
-/// Why a body is not an AdmissionReview we can answer (answered with HTTP 400).
+/// Why a body is not an AdmissionReview we can answer (answered with HTTP 400). Values from
+/// the body are shortened (see [`shorten`]): hostile input is not echoed in full into the
+/// response or the logs.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BadReview {
     #[error("the body is not an AdmissionReview: {0}")]
@@ -120,16 +144,19 @@ pub fn answer(
     key: &ManifestKey,
     exclusions: &Exclusions,
 ) -> Result<(Vec<u8>, Outcome, Details), BadReview> {
-    let review: Review =
-        serde_json::from_slice(body).map_err(|e| BadReview::NotJson(e.to_string()))?;
+    let Object(review): Object<Review> = serde_json::from_slice(body)
+        .map_err(|e| BadReview::NotJson(shorten(&e.to_string(), 160, 96)))?;
     let (api_version, kind) = (
         review.api_version.unwrap_or_default(),
         review.kind.unwrap_or_default(),
     );
     if api_version != API_VERSION || kind != "AdmissionReview" {
-        return Err(BadReview::WrongType { api_version, kind });
+        return Err(BadReview::WrongType {
+            api_version: shorten(&api_version, 64, 0),
+            kind: shorten(&kind, 64, 0),
+        });
     }
-    let request = review.request.ok_or(BadReview::NoRequest)?;
+    let Object(request) = review.request.ok_or(BadReview::NoRequest)?;
     let namespace = request.namespace.clone().unwrap_or_default();
     let details = Details {
         uid: request.uid.clone(),
@@ -155,6 +182,23 @@ pub fn answer(
     Ok((body, outcome, details))
 }
 
+/// `text` itself when short; otherwise its first `head` and last `tail` bytes (on character
+/// boundaries) around an ellipsis, so that e.g. serde's "at line 1 column 9" survives.
+fn shorten(text: &str, head: usize, tail: usize) -> String {
+    if text.len() <= head + tail + 3 {
+        return text.to_string();
+    }
+    let mut end = head;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut start = text.len() - tail;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{}…{}", &text[..end], &text[start..])
+}
+
 fn decide(
     request: &Request,
     namespace: &str,
@@ -165,7 +209,7 @@ fn decide(
     let is_pod = request
         .kind
         .as_ref()
-        .is_some_and(|k| k.group.is_empty() && k.version == "v1" && k.kind == "Pod");
+        .is_some_and(|Object(k)| k.group.is_empty() && k.version == "v1" && k.kind == "Pod");
     if !is_pod
         || request
             .sub_resource
@@ -260,5 +304,60 @@ mod tests {
         let by_serde: Value =
             serde_json::from_slice(&allowed("u\"id", Some(STANDARD.encode(patch)))).unwrap();
         assert_eq!(by_hand, by_serde);
+    }
+
+    fn answer_of(body: &[u8]) -> Result<(Vec<u8>, Outcome, Details), BadReview> {
+        let key = ManifestKey::from_bytes(&[1; 32]).unwrap();
+        let exclusions = Exclusions { namespaces: vec![] };
+        answer(body, &ProxySettings::default(), &key, &exclusions)
+    }
+
+    // Found by fuzzing: serde's derive read a struct from an array, so an array was answered.
+    #[test]
+    fn arrays_in_place_of_the_review_request_or_kind_are_not_reviews() {
+        let request = r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{}}"#;
+        let as_object = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#
+        );
+        assert!(answer_of(as_object.as_bytes()).is_ok());
+        for body in [
+            format!(r#"["admission.k8s.io/v1","AdmissionReview",{request}]"#),
+            as_object.replace(request, r#"["u",{"group":"","version":"v1","kind":"Pod"}]"#),
+            as_object.replace(
+                r#"{"group":"","version":"v1","kind":"Pod"}"#,
+                r#"["","v1","Pod"]"#,
+            ),
+        ] {
+            let Err(BadReview::NotJson(message)) = answer_of(body.as_bytes()) else {
+                panic!("{body} was answered")
+            };
+            assert!(message.contains("expected a JSON object"), "{message}");
+        }
+    }
+
+    // Found by fuzzing: a 400 echoed the whole offending value (up to --max-body-bytes).
+    #[test]
+    fn errors_do_not_echo_hostile_input_in_full() {
+        let huge = "é".repeat(100_000);
+        for body in [
+            format!(r#"{{"apiVersion":"{huge}","kind":"AdmissionReview"}}"#),
+            format!(r#"{{"apiVersion":"admission.k8s.io/v1","kind":"{huge}"}}"#),
+            format!(
+                r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":"{huge}"}}}}"#
+            ),
+        ] {
+            let message = answer_of(body.as_bytes()).err().unwrap().to_string();
+            assert!(message.len() < 400, "{} bytes", message.len());
+            assert!(message.contains("éé…"), "{message}");
+        }
+        let body = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":"{}"}}}}"#,
+            "x".repeat(5000)
+        );
+        let message = answer_of(body.as_bytes()).err().unwrap().to_string();
+        assert!(
+            message.ends_with("expected a JSON object at line 1 column 5091"),
+            "the position is kept: {message}"
+        );
     }
 }

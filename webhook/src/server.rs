@@ -74,7 +74,15 @@ pub async fn serve(
                 Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let service = service_fn(move |request| crate::service::handle(app.clone(), request));
+            // The first request must arrive within the header timeout: hyper's own timer only
+            // starts once the protocol is known, and `auto` waits for the client's first
+            // bytes without a limit, so a client that sends nothing would keep its slot.
+            let first_request = Arc::new(tokio::sync::Notify::new());
+            let started = first_request.clone();
+            let service = service_fn(move |request| {
+                started.notify_one();
+                crate::service::handle(app.clone(), request)
+            });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -86,8 +94,20 @@ pub async fn serve(
                 .keep_alive_interval(Some(Duration::from_secs(20)))
                 .max_concurrent_streams(64);
             let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            let connection = watcher.watch(connection.into_owned());
+            let silent = async {
+                if tokio::time::timeout(limits.header_read_timeout, first_request.notified())
+                    .await
+                    .is_ok()
+                {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                served = connection => if let Err(e) = served {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                () = silent => tracing::debug!(%peer, "no request within the header timeout; closing"),
             }
         });
     }

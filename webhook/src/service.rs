@@ -70,6 +70,15 @@ where
             "expected Content-Type: application/json",
         ));
     }
+    let too_large = || {
+        let message = format!("the request body is over {} bytes", app.max_body_bytes);
+        reject(&app, StatusCode::PAYLOAD_TOO_LARGE, &message)
+    };
+    // A Content-Length over the limit is refused before waiting for a body it cannot have.
+    let announced = hyper::body::Body::size_hint(request.body()).lower();
+    if announced > u64::try_from(app.max_body_bytes).unwrap_or(u64::MAX) {
+        return Ok(too_large());
+    }
     let body = Limited::new(request.into_body(), app.max_body_bytes);
     let body = match tokio::time::timeout(app.body_timeout, body.collect()).await {
         Err(_) => {
@@ -83,8 +92,7 @@ where
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            let message = format!("the request body is over {} bytes", app.max_body_bytes);
-            return Ok(reject(&app, StatusCode::PAYLOAD_TOO_LARGE, &message));
+            return Ok(too_large());
         }
         Ok(Err(e)) => {
             return Ok(reject(
