@@ -83,11 +83,16 @@ pub fn stop_all(processes: &[ProcessRecord], grace: Duration) {
     while Instant::now() < deadline && running.iter().any(|p| p.is_running()) {
         thread::sleep(Duration::from_millis(100));
     }
-    for p in running.iter().filter(|p| p.is_running()) {
+    let killed: Vec<&&ProcessRecord> = running.iter().filter(|p| p.is_running()).collect();
+    for p in &killed {
         tracing::warn!(name = %p.name, pid = p.pid, "did not stop on SIGTERM; killing");
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-        thread::sleep(Duration::from_millis(50));
-        reap(p.pid);
+    }
+    // A killed child stays a zombie until reaped, and a loaded machine takes a while to kill
+    // it: wait (is_running reaps) rather than reap once and leave a zombie behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && killed.iter().any(|p| p.is_running()) {
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
