@@ -69,7 +69,9 @@ pub async fn run(
         metrics.clone(),
     ));
     // Standby replicas keep their caches warm, so that taking over is quick.
-    let lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Flips to true when the Lease could not be renewed; without leader election the sender
+    // lives (unused) until the end, so the controller only stops on `shutdown`.
+    let (lease_lost, mut lease_watch) = tokio::sync::watch::channel(false);
     let mut holding = None;
     if let Some(settings) = &leader_election {
         let mut candidate = leader::Candidate::new(source.clone(), settings.clone());
@@ -81,22 +83,20 @@ pub async fn run(
                 return Ok(());
             }
         }
-        let lost = lease_lost.clone();
+        let lease_lost = lease_lost.clone();
         holding = Some(tokio::spawn(async move {
             candidate.hold().await;
-            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = lease_lost.send(true);
         }));
     }
     let stop = {
         let shutdown = shutdown.clone();
-        let lease_lost = lease_lost.clone();
+        let mut lost = lease_watch.clone();
         async move {
-            let lost = async {
-                while !lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            };
-            tokio::select! { () = shutdown => {}, () = lost => {} }
+            tokio::select! {
+                () = shutdown => {}
+                _ = lost.wait_for(|lost| *lost) => {}
+            }
         }
     };
     tracing::info!(cluster = %cluster_name, targets = ?targets.iter().map(|t| &t.name).collect::<Vec<_>>(), "reconciling proxies");
@@ -123,7 +123,8 @@ pub async fn run(
     if let Some(holding) = holding {
         holding.abort();
     }
-    if lease_lost.load(std::sync::atomic::Ordering::SeqCst) {
+    drop(lease_lost);
+    if *lease_watch.borrow_and_update() {
         anyhow::bail!("lost the leader lease: stopping so that only the new leader works");
     }
     if let Some(settings) = &leader_election {
