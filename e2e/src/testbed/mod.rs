@@ -255,6 +255,53 @@ impl Testbed {
         Ok(FrozenApiserver { pid })
     }
 
+    /// Stops one cluster's kube-apiserver for real (SIGTERM, SIGKILL after 5 s: v1.34 stops
+    /// listening at once but its process can hang in graceful termination for much longer):
+    /// its process is gone and its port closed, while etcd and the other components keep
+    /// running.
+    ///
+    /// [`StoppedApiserver::start`] starts it again with the same program and arguments (same
+    /// etcd, same port, same certificates); dropping the guard without that starts it too,
+    /// without waiting, so a failing test never leaves the cluster without an apiserver.
+    pub fn stop_apiserver(&self, cluster: &str) -> anyhow::Result<StoppedApiserver> {
+        let record = self
+            .cluster(cluster)?
+            .processes
+            .iter()
+            .find(|p| p.name == "kube-apiserver" && p.is_running())
+            .with_context(|| format!("{cluster}: kube-apiserver is not running"))?;
+        let (program, args) = record
+            .command_line()
+            .with_context(|| format!("{cluster}: cannot read kube-apiserver's command line"))?;
+        let signalled = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(record.pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .with_context(|| format!("cannot stop {cluster}'s kube-apiserver"))?;
+        while record.is_running() && signalled.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let killed = record.is_running();
+        if killed {
+            process::stop_all(std::slice::from_ref(record), Duration::ZERO);
+        }
+        if record.is_running() {
+            bail!(
+                "{cluster}: kube-apiserver (pid {}) did not stop",
+                record.pid
+            );
+        }
+        Ok(StoppedApiserver {
+            dir: self.dir.clone(),
+            cluster: cluster.to_string(),
+            program,
+            args,
+            log: record.log.clone(),
+            stopping_took: signalled.elapsed(),
+            killed,
+            started: false,
+        })
+    }
+
     /// An admin client for one cluster.
     pub async fn client(&self, cluster: &str) -> anyhow::Result<Client> {
         self.cluster(cluster)?;
@@ -431,5 +478,92 @@ pub struct FrozenApiserver {
 impl Drop for FrozenApiserver {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A kube-apiserver stopped by [`Testbed::stop_apiserver`].
+pub struct StoppedApiserver {
+    dir: PathBuf,
+    cluster: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    started: bool,
+    /// From SIGTERM until the process was gone.
+    pub stopping_took: Duration,
+    /// It had not exited 5 s after SIGTERM and was killed (SIGKILL).
+    pub killed: bool,
+}
+
+impl StoppedApiserver {
+    /// Starts the apiserver again (same program and arguments, log appended), records its new
+    /// pid in the state file, and waits until it answers ready (60 s at most).
+    pub async fn start(mut self) -> anyhow::Result<()> {
+        self.respawn()?;
+        let testbed = Testbed::attach(&self.dir)?;
+        let client = testbed.client(&self.cluster).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let record = testbed
+                .cluster(&self.cluster)?
+                .processes
+                .iter()
+                .find(|p| p.name == "kube-apiserver")
+                .context("no kube-apiserver in the state file")?;
+            if !record.is_running() {
+                bail!(
+                    "{}: the restarted kube-apiserver exited; last lines of {}:\n{}",
+                    self.cluster,
+                    record.log.display(),
+                    record.log_tail(15)
+                );
+            }
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    bail!(
+                        "{}: the restarted kube-apiserver is not ready after 60 s",
+                        self.cluster
+                    )
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    fn respawn(&mut self) -> anyhow::Result<()> {
+        self.started = true;
+        let record =
+            process::spawn_appending("kube-apiserver", &self.program, &self.args, &self.log)?;
+        let mut testbed = Testbed::attach(&self.dir)?;
+        let cluster = testbed
+            .state
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == self.cluster)
+            .with_context(|| format!("no cluster {} in the state file", self.cluster))?;
+        match cluster
+            .processes
+            .iter_mut()
+            .find(|p| p.name == "kube-apiserver")
+        {
+            Some(old) => *old = record,
+            None => cluster.processes.push(record),
+        }
+        testbed.save()
+    }
+}
+
+impl Drop for StoppedApiserver {
+    fn drop(&mut self) {
+        if !self.started
+            && let Err(e) = self.respawn()
+        {
+            eprintln!(
+                "warning: could not start {}'s kube-apiserver again: {e:#}",
+                self.cluster
+            );
+        }
     }
 }

@@ -39,6 +39,31 @@ pub fn spawn(
     log: &Path,
 ) -> anyhow::Result<ProcessRecord> {
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    spawn_to(name, program, args, log, out)
+}
+
+/// Like [`spawn`], appending to `log` (a restarted process keeps its earlier lines).
+pub fn spawn_appending(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> anyhow::Result<ProcessRecord> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    spawn_to(name, program, args, log, out)
+}
+
+fn spawn_to(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    out: File,
+) -> anyhow::Result<ProcessRecord> {
     let err = out.try_clone()?;
     let child = Command::new(program)
         .args(args)
@@ -59,6 +84,25 @@ pub fn spawn(
 }
 
 impl ProcessRecord {
+    /// The program and arguments it was started with (from `/proc/<pid>/cmdline`), while it
+    /// runs.
+    pub fn command_line(&self) -> Option<(PathBuf, Vec<String>)> {
+        if !self.is_running() {
+            return None;
+        }
+        let raw = fs::read(format!("/proc/{}/cmdline", self.pid)).ok()?;
+        let mut parts = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned());
+        let program = PathBuf::from(parts.next()?);
+        let mut args: Vec<String> = parts.collect();
+        // The command line ends with a NUL: the last split is empty.
+        if args.last().is_some_and(String::is_empty) {
+            args.pop();
+        }
+        Some((program, args))
+    }
+
     /// True while the process runs and is the one we started.
     pub fn is_running(&self) -> bool {
         reap(self.pid);
