@@ -458,14 +458,21 @@ struct Snapshot {
 }
 
 /// Places the delegate and, when a cluster is chosen, reserves its room at once.
+fn why_unusable(target: &Target) -> String {
+    match target.unreachable_for() {
+        Some(down) => format!("not answering for {}s", down.as_secs()),
+        None => "caches still loading".into(),
+    }
+}
+
 fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placement {
     let mut in_flight = context.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-    // A target whose caches are still loading would look emptier than it is.
-    let (loaded, loading): (Vec<&Target>, Vec<&Target>) = context
-        .targets
-        .iter()
-        .partition(|t| t.synced() || pinned == Some(t.name.as_str()));
-    let snapshots: Vec<Snapshot> = loaded
+    // A target whose caches are still loading would look emptier than it is, and one that does
+    // not answer would take a delegate it cannot run; a pinned target is waited for elsewhere.
+    let (usable, unusable): (Vec<&Target>, Vec<&Target>) = context.targets.iter().partition(|t| {
+        (t.synced() && t.unreachable_for().is_none()) || pinned == Some(t.name.as_str())
+    });
+    let snapshots: Vec<Snapshot> = usable
         .into_iter()
         .map(|t| {
             let nodes = t.nodes.state();
@@ -507,12 +514,7 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .collect();
     let mut placement = placement::place(&delegate.spec, pinned, &views);
     if let Placement::NoFit(reasons) = &mut placement {
-        reasons.extend(loading.iter().map(|t| {
-            (
-                t.name.clone(),
-                "caches not loaded (unreachable or still listing)".into(),
-            )
-        }));
+        reasons.extend(unusable.iter().map(|t| (t.name.clone(), why_unusable(t))));
     }
     if let Placement::Cluster(name) = &placement {
         let reserved = in_flight.entry(name.clone()).or_default();

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod placement;
 pub mod quantity;
+pub mod retry;
 pub mod sweep;
 pub mod targets;
 

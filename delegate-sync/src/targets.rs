@@ -26,6 +26,7 @@ use kube::{
 use crate::{
     args::TargetSpec,
     delegate::{DELEGATE_LABEL, PROXY_CLUSTER, PROXY_NAME, PROXY_NAMESPACE},
+    retry::{Comebacks, backoff_until_back},
 };
 
 /// One target cluster.
@@ -67,10 +68,12 @@ pub struct Signals {
     pub target_back: Arc<Notify>,
 }
 
-/// Since when a target has not answered; None while it answers.
+/// Since when a target has not answered (None while it answers), and how many times it came
+/// back (its watches retry at once when it does).
 #[derive(Default)]
 struct Reachability {
     unreachable_since: std::sync::Mutex<Option<Instant>>,
+    comebacks: tokio::sync::watch::Sender<u64>,
 }
 
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -103,6 +106,7 @@ fn spawn_probe(target: String, client: Client, reachability: Arc<Reachability>, 
             if transition {
                 if now_reachable {
                     tracing::info!(%target, "target answers again");
+                    reachability.comebacks.send_modify(|n| *n += 1);
                     signals.target_back.notify_one();
                 } else {
                     let why = match answer {
@@ -158,6 +162,8 @@ impl Target {
         let (pods, pods_writer) = reflector::store::<Pod>();
         let (delegates, delegates_writer) = reflector::store::<Pod>();
         let name = spec.name.clone();
+        let reachability = Arc::new(Reachability::default());
+        let comebacks = || reachability.comebacks.subscribe();
         spawn_reflector(
             &name,
             "nodes",
@@ -166,6 +172,7 @@ impl Target {
                 watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
                     .modify(trim_node),
             ),
+            comebacks(),
             signals.room_freed.clone(),
             |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
         );
@@ -181,19 +188,22 @@ impl Target {
                 )
                 .modify(trim_pod),
             ),
+            comebacks(),
             signals.room_freed.clone(),
             frees_room,
         );
         let selector = format!("{DELEGATE_LABEL}=true,{PROXY_CLUSTER}={source_name}");
-        let mut changes = reflector::reflector(
-            delegates_writer,
-            watcher(
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default().labels(&selector).page_size(100),
-            )
-            .modify(|delegate: &mut Pod| delegate.metadata.managed_fields = None),
+        let mut changes = backoff_until_back(
+            reflector::reflector(
+                delegates_writer,
+                watcher(
+                    Api::<Pod>::all(client.clone()),
+                    watcher::Config::default().labels(&selector).page_size(100),
+                )
+                .modify(|delegate: &mut Pod| delegate.metadata.managed_fields = None),
+            ),
+            comebacks(),
         )
-        .default_backoff()
         .touched_objects()
         .filter_map(move |event| {
             let target = name.clone();
@@ -222,7 +232,6 @@ impl Target {
             woken.recv().await.map(|proxy| (proxy, woken))
         })
         .boxed();
-        let reachability = Arc::new(Reachability::default());
         spawn_probe(
             spec.name.clone(),
             client.clone(),
@@ -336,6 +345,7 @@ fn spawn_reflector<S, K>(
     target: &str,
     what: &'static str,
     stream: S,
+    comebacks: Comebacks,
     room_freed: Arc<Notify>,
     frees_room: fn(&watcher::Event<K>) -> bool,
 ) where
@@ -344,7 +354,7 @@ fn spawn_reflector<S, K>(
 {
     let target = target.to_string();
     tokio::spawn(async move {
-        let mut stream = Box::pin(stream.default_backoff());
+        let mut stream = Box::pin(backoff_until_back(stream, comebacks));
         while let Some(event) = stream.next().await {
             match event {
                 Ok(event) if frees_room(&event) => room_freed.notify_one(),
