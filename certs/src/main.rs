@@ -116,26 +116,26 @@ async fn ensure(args: EnsureArgs) -> anyhow::Result<()> {
     for action in &ensured.actions {
         println!("certs: {}", describe(action));
     }
+    // The caBundle first: it trusts the previous CA and the new one, so a webhook may serve a
+    // certificate of either as soon as the Secret or the files change, never before.
+    if let (Some(kube), Some(name)) = (&kube, &webhook_configuration) {
+        let patched = kube.set_ca_bundle(name, &ensured.ca_bundle).await?;
+        println!(
+            "certs: MutatingWebhookConfiguration {name}: caBundle {}",
+            if patched {
+                "updated"
+            } else {
+                "already current"
+            }
+        );
+    }
+    if let Some(kube) = kube.as_ref().filter(|k| k.has_secret()) {
+        let written = kube.save(&ensured.stored).await?;
+        println!("certs: Secret {written} is current");
+    }
     if let Some(dir) = &out_dir {
         FileStore::new(dir).save(&ensured.stored)?;
         println!("certs: files in {} are current", dir.display());
-    }
-    if let Some(kube) = &kube {
-        if kube.has_secret() {
-            let written = kube.save(&ensured.stored).await?;
-            println!("certs: Secret {written} is current");
-        }
-        if let Some(name) = &webhook_configuration {
-            let patched = kube.set_ca_bundle(name, &ensured.ca_bundle).await?;
-            println!(
-                "certs: MutatingWebhookConfiguration {name}: caBundle {}",
-                if patched {
-                    "updated"
-                } else {
-                    "already current"
-                }
-            );
-        }
     }
     Ok(())
 }
