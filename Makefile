@@ -75,6 +75,16 @@ test: prerequisites lint tools $(TESTBED) waiter ## Everything CI checks: lint, 
 	PROXY_WAITER_BIN=$(CURDIR)/$(WAITER) $(CARGO) test --locked -p proxy-waiter --test process
 	@size=$$(stat -c %s $(WAITER)); [ $$size -le 1048576 ] || { echo "proxy-waiter is $$size bytes, over 1 MiB" >&2; exit 1; }
 
+FAULTS_TESTBED_DIR := $(CURDIR)/target/testbed-faults
+FAULTS_TESTS := --test faults_sigkill --test faults_apiserver_restart --test faults_webhook --test least_privilege
+
+.PHONY: faults
+faults: tools $(TESTBED) ## Fault injection at the issue's sizes (500 pods, 10 SIGKILLs, 30 s outage); `make test` runs it reduced
+	@$(CARGO) build --quiet --locked -p delegate-sync -p certs -p webhook --bins
+	@trap 'TESTBED_DIR=$(FAULTS_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
+	TESTBED_DIR=$(FAULTS_TESTBED_DIR) $(TESTBED) up --clusters 2; \
+	FAULTS_FULL=1 TESTBED_DIR=$(FAULTS_TESTBED_DIR) $(CARGO) test --locked -p e2e $(FAULTS_TESTS) -- --nocapture
+
 BENCH_TESTBED_DIR := $(CURDIR)/target/bench-testbed
 COMMA := ,
 
