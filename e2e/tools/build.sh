@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's Go tools from their pinned modules, once per version.
 #
-#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm)
+#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm argo)
 #
 # Binaries are cached outside the checkout, keyed by the tool's go.mod and go.sum, so a
 # fresh clone on the same machine (CI) reuses them; target/tools/bin gets symlinks.
@@ -58,6 +58,19 @@ build_helm() {
   go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" -o "$1/helm" helm.sh/helm/v3/cmd/helm
 }
 
+# Argo's workflow-controller for the Argo end-to-end tests and demo. Also ships the minimal CRDs of the same release in $1/argo-crds (target/tools/bin/argo-crds).
+build_argo() {
+  local m=github.com/argoproj/argo-workflows/v3 v dir commit
+  v="$(version_of "$m" .)"
+  dir="$(go list -m -f '{{.Dir}}' "$m")"
+  commit="$(go mod download -json "$m@$v" | sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)".*/\1/p')"
+  go build -trimpath -ldflags "-s -w -X $m.version=$v -X $m.gitTag=$v -X $m.gitCommit=$commit -X $m.gitTreeState=clean" \
+    -o "$1/workflow-controller" "$m/cmd/workflow-controller"
+  mkdir -p "$1/argo-crds"
+  cp "$dir"/manifests/base/crds/minimal/argoproj.io_*.yaml "$1/argo-crds/"
+  chmod u+w "$1"/argo-crds/*.yaml
+}
+
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm)
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm argo)
 for t in "${tools[@]}"; do build_tool "$t"; done
