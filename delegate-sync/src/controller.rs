@@ -36,7 +36,11 @@ use crate::{
     outcome,
     placement::{self, ClusterView, Placement},
     targets::{Signals, Target, bounded},
+    task_results::{self, Step},
 };
+
+/// Argo's label on step pods it is done with (`workflows.argoproj.io/completed`).
+const ARGO_COMPLETED: &str = "workflows.argoproj.io/completed";
 
 /// Why a reconciliation failed (it is retried with a delay per kind).
 #[derive(Debug, thiserror::Error)]
@@ -374,10 +378,14 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     if let Some(down) = target.unreachable_for() {
         return cluster_unreachable(&proxy, &api, target, down, &context).await;
     }
+    let step = task_results::step_of(&saved);
     match target.delegate(&namespace, &delegate_name) {
         Some(delegate) => {
             forget_in_flight(&context, &target.name, &delegate_name);
-            mirror(&proxy, &api, &delegate, &context).await
+            if let Some(why) = stopped(&proxy) {
+                return stop_delegate(&proxy, &api, &delegate, target, &context, &why).await;
+            }
+            mirror(&proxy, &api, &delegate, step.as_ref(), target, &context).await
         }
         None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
             // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
@@ -412,7 +420,7 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 &api,
                 &saved,
                 &proxy_ref,
-                &delegate_name,
+                step.as_ref(),
                 target,
                 &context,
             )
@@ -534,10 +542,11 @@ async fn create_delegate(
     api: &Api<Pod>,
     saved: &Value,
     proxy_ref: &ProxyRef,
-    delegate_name: &str,
+    step: Option<&Step>,
     target: &Target,
     context: &Context,
 ) -> Result<Action, Error> {
+    let delegate_name = &delegate::delegate_name(proxy_ref);
     let delegate = match delegate::build(saved, proxy_ref) {
         Ok(delegate) => delegate,
         Err(e) => return reject(proxy, api, context, &e.to_string()).await,
@@ -556,7 +565,12 @@ async fn create_delegate(
     };
     let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &proxy_ref.namespace);
     match bounded(delegates.create(&PostParams::default(), &delegate)).await {
-        Ok(_) => {}
+        // At once, before the delegate's executor can write a result its cluster would collect.
+        Ok(created) => {
+            if let Some(step) = step {
+                claim_task_result(proxy, &created, step, target, context).await;
+            }
+        }
         Err(e) if api_code(&e) == Some(409) => {}
         Err(kube::Error::Api(status)) => {
             let note = format!(
@@ -609,11 +623,13 @@ fn forget_in_flight(context: &Context, cluster: &str, delegate_name: &str) {
     }
 }
 
-/// Mirrors the delegate's annotations, and its result once it ended.
+/// Mirrors the delegate's annotations and Argo task result, and its result once it ended.
 async fn mirror(
     proxy: &Pod,
     api: &Api<Pod>,
     delegate: &Pod,
+    step: Option<&Step>,
+    target: &Target,
     context: &Context,
 ) -> Result<Action, Error> {
     let current = proxy.annotations();
@@ -627,7 +643,12 @@ async fn mirror(
     if !changed.is_empty() {
         patch_annotations(api, proxy, Value::Object(changed)).await?;
     }
-    match outcome::result_of(delegate) {
+    let result = outcome::result_of(delegate);
+    if let Some(step) = step {
+        // Before the proxy's result: Argo must never see the step end without its outputs.
+        mirror_task_result(proxy, delegate, step, result.is_some(), target, context).await?;
+    }
+    match result {
         None => Ok(Action::requeue(RESYNC)),
         Some(result) => {
             let reason = if result.phase == contract::result::Phase::Succeeded {
@@ -741,6 +762,153 @@ const RESYNC: Duration = Duration::from_secs(20);
 pub const CLUSTER_LOST: &str = "ClusterLost";
 
 /// Deletes the delegate, then releases the proxy's finalizer.
+/// Why the proxy stopped on its own while its delegate runs (its containers were killed, e.g.
+/// by Argo's kill command, or Argo gave up on it); None while it waits for the delegate.
+fn stopped(proxy: &Pod) -> Option<String> {
+    let status = proxy.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Some(format!(
+            "the proxy ended ({})",
+            status.phase.as_deref().unwrap_or_default()
+        ));
+    }
+    let never_restarts = proxy
+        .spec
+        .as_ref()
+        .is_none_or(|s| s.restart_policy.as_deref().is_none_or(|p| p == "Never"));
+    if never_restarts {
+        let killed = status.container_statuses.iter().flatten().find_map(|c| {
+            let ended = c.state.as_ref()?.terminated.as_ref()?;
+            Some(format!(
+                "proxy container {} ended with exit code {}",
+                c.name, ended.exit_code
+            ))
+        });
+        if killed.is_some() {
+            return killed;
+        }
+    }
+    (proxy.labels().get(ARGO_COMPLETED).map(String::as_str) == Some("true"))
+        .then(|| format!("Argo labelled the proxy {ARGO_COMPLETED}=true while it ran"))
+}
+
+/// Deletes a stopped proxy's delegate in its cluster (with its grace period, like a kubelet
+/// stopping a pod) and records the stop as the proxy's result.
+async fn stop_delegate(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    delegate: &Pod,
+    target: &Target,
+    context: &Context,
+    why: &str,
+) -> Result<Action, Error> {
+    if outcome::result_of(delegate).is_none() {
+        let delegates: Api<Pod> = Api::namespaced(
+            target.client.clone(),
+            &delegate.namespace().unwrap_or_default(),
+        );
+        let only_this = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: delegate.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match bounded(delegates.delete(&delegate.name_any(), &only_this)).await {
+            Ok(_) => {}
+            Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
+            Err(source) => {
+                return Err(Error::Target {
+                    cluster: target.name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    let containers = proxy
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()));
+    let message = format!(
+        "stopped: {why}; delegate {} deleted in {}",
+        delegate.name_any(),
+        target.name
+    );
+    record_result(
+        api,
+        proxy,
+        context,
+        outcome::stopped(containers, &message),
+        EventType::Normal,
+        "DelegateStopped",
+        message,
+    )
+    .await
+}
+
+/// Best effort: a step whose result cannot be kept still runs (its outputs may be lost, which
+/// the Warning says).
+async fn claim_task_result(
+    proxy: &Pod,
+    delegate: &Pod,
+    step: &Step,
+    target: &Target,
+    context: &Context,
+) {
+    if let Err(e) = bounded(task_results::claim(
+        &target.client,
+        step,
+        delegate,
+        &context.cluster_name,
+    ))
+    .await
+    {
+        let note = format!(
+            "cannot keep Argo's task result {} in {}; the step's outputs may be lost: {e} (does {} have the WorkflowTaskResult CRD and the target chart's RBAC?)",
+            step.node_id, target.name, target.name
+        );
+        publish(
+            context,
+            proxy,
+            EventType::Warning,
+            "TaskResultNotClaimed",
+            note,
+        )
+        .await;
+    }
+}
+
+async fn mirror_task_result(
+    proxy: &Pod,
+    delegate: &Pod,
+    step: &Step,
+    delegate_ended: bool,
+    target: &Target,
+    context: &Context,
+) -> Result<(), Error> {
+    let on_target = |source| Error::Target {
+        cluster: target.name.clone(),
+        source,
+    };
+    let namespace = delegate.namespace().unwrap_or_default();
+    let found = bounded(task_results::fetch(&target.client, &namespace, step))
+        .await
+        .map_err(on_target)?;
+    let Some(found) = found else {
+        // Not written yet (claimed now, mirrored on the next pass), or never will be.
+        if !delegate_ended {
+            claim_task_result(proxy, delegate, step, target, context).await;
+        }
+        return Ok(());
+    };
+    if !delegate_ended && !task_results::is_claimed(&found, delegate) {
+        claim_task_result(proxy, delegate, step, target, context).await;
+    }
+    task_results::mirror(&context.source, proxy, step, &found, delegate_ended)
+        .await
+        .map_err(Error::Source)
+}
+
 async fn clean_up(
     proxy: &Pod,
     api: &Api<Pod>,
@@ -896,5 +1064,52 @@ async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str,
     match type_ {
         EventType::Normal => drop(tokio::spawn(publishing)),
         EventType::Warning => publishing.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(status: Value, labels: Value, restart_policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": "p", "labels": labels },
+            "spec": { "restartPolicy": restart_policy, "containers": [{ "name": "main" }, { "name": "wait" }] },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn container(name: &str, state: Value) -> Value {
+        json!({ "name": name, "image": "w", "imageID": "", "ready": false, "restartCount": 0, "state": state })
+    }
+
+    #[test]
+    fn a_waiting_proxy_is_not_stopped() {
+        let running = json!({ "phase": "Running", "containerStatuses": [
+            container("main", json!({ "running": {} })), container("wait", json!({ "running": {} })) ] });
+        assert_eq!(stopped(&proxy(running.clone(), json!({}), "Never")), None);
+        let argo_running = json!({ "workflows.argoproj.io/completed": "false" });
+        assert_eq!(stopped(&proxy(running, argo_running, "Never")), None);
+    }
+
+    #[test]
+    fn a_killed_container_an_ended_proxy_or_argos_completed_label_stop_it() {
+        let killed = json!({ "phase": "Running", "containerStatuses": [
+            container("main", json!({ "terminated": { "exitCode": 143 } })),
+            container("wait", json!({ "running": {} })) ] });
+        let why = stopped(&proxy(killed.clone(), json!({}), "Never")).unwrap();
+        assert!(why.contains("main") && why.contains("143"), "{why}");
+        // Restarted by its kubelet: not a stop.
+        assert_eq!(stopped(&proxy(killed, json!({}), "OnFailure")), None);
+        let ended = json!({ "phase": "Failed" });
+        assert!(stopped(&proxy(ended, json!({}), "Always")).is_some());
+        let given_up = json!({ "phase": "Running" });
+        let done = json!({ "workflows.argoproj.io/completed": "true" });
+        assert!(
+            stopped(&proxy(given_up, done, "Never"))
+                .unwrap()
+                .contains("Argo")
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod quantity;
 pub mod retry;
 pub mod sweep;
 pub mod targets;
+pub mod task_results;
 
 use std::sync::Arc;
 

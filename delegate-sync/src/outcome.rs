@@ -42,6 +42,31 @@ pub fn lost(reason: &str, message: String) -> DelegateResult {
     }
 }
 
+/// The result of a proxy stopped before its delegate ended (the delegate is deleted): each of
+/// `containers` ends as if it had received SIGTERM, the conventional 143.
+pub fn stopped(containers: impl Iterator<Item = String>, message: &str) -> DelegateResult {
+    let containers = containers
+        .map(|name| {
+            let stopped = ContainerResult {
+                exit_code: STOPPED_EXIT_CODE,
+                reason: Some("Stopped".into()),
+                message: Some(message.to_string()),
+            };
+            (name, stopped)
+        })
+        .collect();
+    DelegateResult {
+        version: FORMAT_VERSION,
+        phase: Phase::Failed,
+        reason: Some("Stopped".into()),
+        message: Some(message.to_string()),
+        containers,
+    }
+}
+
+/// 128 + SIGTERM.
+pub const STOPPED_EXIT_CODE: i32 = 143;
+
 fn terminated(status: &ContainerStatus) -> Option<(String, ContainerResult)> {
     let state = status.state.as_ref()?.terminated.as_ref()?;
     Some((

@@ -202,6 +202,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRole",
     "ClusterRoleBinding",
+    "CustomResourceDefinition",
     "MutatingWebhookConfiguration",
     "Namespace",
 ];
@@ -1106,6 +1107,12 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
 
     let source_only = [
         rule("", "pods", "", &["get", "list", "watch", "patch"]),
+        rule(
+            "argoproj.io",
+            "workflowtaskresults",
+            "",
+            &["create", "patch"],
+        ),
         rule("events.k8s.io", "events", "", &["create", "patch"]),
     ];
     let with_self = [
@@ -1116,6 +1123,12 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
             &["get", "list", "watch", "patch", "create", "delete"],
         ),
         rule("", "nodes", "", &["get", "list", "watch"]),
+        rule(
+            "argoproj.io",
+            "workflowtaskresults",
+            "",
+            &["get", "create", "patch"],
+        ),
         rule("events.k8s.io", "events", "", &["create", "patch"]),
     ];
     let cases = [
@@ -1299,6 +1312,12 @@ async fn target_chart_token_can_place_delegates_and_nothing_else() -> anyhow::Re
                     &["create", "delete", "get", "list", "watch"]
                 ),
                 rule("", "nodes", "", &["get", "list", "watch"]),
+                rule(
+                    "argoproj.io",
+                    "workflowtaskresults",
+                    "",
+                    &["get", "create", "patch"]
+                ),
             ]),
         "{}",
         cluster_role["rules"]
@@ -1360,6 +1379,66 @@ async fn target_chart_token_can_place_delegates_and_nothing_else() -> anyhow::Re
     let uninstalled = uninstall();
     result?;
     succeed(uninstalled?, "helm uninstall of the target chart")?;
+    Ok(())
+}
+
+/// Argo steps in a target: the task-result CRD when asked, and for each listed ServiceAccount
+/// exactly what Argo's executor does with task results, in its own namespace.
+#[tokio::test]
+async fn target_chart_grants_argo_executors_task_results_only() -> anyhow::Result<()> {
+    let env = TestEnv::get().await?;
+    let version = kube_version(env).await?;
+    let scratch = Scratch::new()?;
+    let ns = env.namespace("charts-target-argo").await?;
+    let values = json!({ "namespaces": [], "argo": {
+        "taskResultCRD": true,
+        "executorServiceAccounts": [{ "namespace": ns.name, "name": "runner" }],
+    }});
+    let docs = render(&scratch, "target", "mc", &ns.name, &version, &values)?;
+    let crd = find(
+        &docs,
+        "CustomResourceDefinition",
+        "workflowtaskresults.argoproj.io",
+    )?;
+    ensure!(crd["spec"]["names"]["kind"] == json!("WorkflowTaskResult"));
+    let role = find(&docs, "Role", "mc-target-argo-executor-runner")?;
+    ensure!(role["metadata"]["namespace"] == json!(ns.name));
+    ensure!(
+        rules(role)
+            == BTreeSet::from([rule(
+                "argoproj.io",
+                "workflowtaskresults",
+                "",
+                &["create", "patch"]
+            )]),
+        "{}",
+        role["rules"]
+    );
+    let binding = find(&docs, "RoleBinding", "mc-target-argo-executor-runner")?;
+    ensure!(
+        binding["subjects"]
+            == json!([{ "kind": "ServiceAccount", "name": "runner", "namespace": ns.name }])
+    );
+    assert_no_wildcards(&docs)?;
+    ensure!(dry_run(env, &scratch, &docs, &ns.name)?.is_empty());
+
+    let without = render(
+        &scratch,
+        "target",
+        "mc",
+        &ns.name,
+        &version,
+        &json!({ "namespaces": [] }),
+    )?;
+    ensure!(
+        find(
+            &without,
+            "CustomResourceDefinition",
+            "workflowtaskresults.argoproj.io"
+        )
+        .is_err()
+    );
+    ensure!(all_of(&without, "Role").is_empty());
     Ok(())
 }
 

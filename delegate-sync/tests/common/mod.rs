@@ -129,6 +129,21 @@ pub fn proxy_requesting(
     exit_code: i32,
     cpu: Option<&str>,
 ) -> Pod {
+    proxy_with(ns, name, pinned, run_for, exit_code, cpu, &[], &[])
+}
+
+/// Like [`proxy_requesting`], with more labels and annotations on the pod (Argo's, say).
+#[allow(clippy::too_many_arguments)]
+pub fn proxy_with(
+    ns: &TestNamespace,
+    name: &str,
+    pinned: Option<&str>,
+    run_for: &str,
+    exit_code: i32,
+    cpu: Option<&str>,
+    labels: &[(&str, &str)],
+    more_annotations: &[(&str, &str)],
+) -> Pod {
     let resources = match cpu {
         Some(cpu) => json!({ "requests": { "cpu": cpu } }),
         None => json!({}),
@@ -145,8 +160,15 @@ pub fn proxy_requesting(
     if let Some(cluster) = pinned {
         annotations.insert(CLUSTER_NAME.into(), cluster.into());
     }
+    annotations.extend(
+        more_annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut pod_labels = BTreeMap::from([("app".to_string(), "test".to_string())]);
+    pod_labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let saved = json!({
-        "metadata": { "name": name, "namespace": ns.name, "annotations": annotations, "labels": { "app": "test" } },
+        "metadata": { "name": name, "namespace": ns.name, "annotations": annotations, "labels": pod_labels },
         "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "busybox", "resources": resources }] },
     });
     annotations.insert(
@@ -158,13 +180,19 @@ pub fn proxy_requesting(
     serde_json::from_value(json!({
         "metadata": {
             "name": name,
-            "labels": { PROXY_LABEL: "true", "app": "test" },
+            "labels": proxy_labels(&pod_labels),
             "annotations": annotations,
             "finalizers": [CLEANUP_FINALIZER],
         },
         "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "proxy-waiter" }] },
     }))
     .unwrap()
+}
+
+fn proxy_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = labels.clone();
+    labels.insert(PROXY_LABEL.into(), "true".into());
+    labels
 }
 
 pub fn phase(pod: Option<&Pod>) -> Option<&str> {

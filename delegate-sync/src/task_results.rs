@@ -1,0 +1,268 @@
+//! Argo Workflows' task results across clusters.
+//!
+//! From Argo 3.6, a step's outputs reach the workflow only through a `WorkflowTaskResult` in the
+//! workflow's own cluster, named after the step's node ID, and a node does not succeed while its
+//! result is labelled incomplete. The delegate's `wait` container writes that result in the
+//! delegate's cluster instead, owned by a Workflow that does not exist there, so:
+//!
+//! - **claim**: as soon as the delegate exists, the result is created in its cluster (or taken
+//!   over) owned by the delegate pod, so the garbage collector keeps it exactly as long as the
+//!   delegate. Argo's executor then finds it there and only patches its outputs and labels;
+//! - **mirror**: the result is copied to the proxy's namespace, owned by the real Workflow, and
+//!   always before the proxy's own result is recorded, so Argo never sees the step end without
+//!   its outputs. Once the delegate ended no one writes the result any more: the copy is marked
+//!   complete.
+//!
+//! The node ID and workflow name come from the verified saved manifest, never from the proxy's
+//! live annotations, which the pod's owner may edit after admission.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt as _,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use serde_json::{Map, Value, json};
+
+use crate::delegate::{DELEGATE_LABEL, PROXY_CLUSTER};
+
+/// Argo's labels and annotation (`workflow/common/common.go`).
+pub const WORKFLOW_LABEL: &str = "workflows.argoproj.io/workflow";
+pub const COMPLETED_LABEL: &str = "workflows.argoproj.io/report-outputs-completed";
+pub const NODE_ID: &str = "workflows.argoproj.io/node-id";
+
+const FIELD_MANAGER: &str = "delegate-sync";
+
+/// The Argo step a proxy stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub node_id: String,
+    pub workflow: String,
+}
+
+/// The step, from the saved manifest's annotations and labels; None for pods Argo did not make.
+pub fn step_of(saved: &Value) -> Option<Step> {
+    let text = |pointer: &str| saved.pointer(pointer).and_then(Value::as_str);
+    // JSON pointers escape '/' in keys as '~1'.
+    let node_id = text("/metadata/annotations/workflows.argoproj.io~1node-id")?;
+    let workflow = text("/metadata/labels/workflows.argoproj.io~1workflow")?;
+    Some(Step {
+        node_id: node_id.to_string(),
+        workflow: workflow.to_string(),
+    })
+}
+
+fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTaskResult"),
+        "workflowtaskresults",
+    )
+}
+
+fn api(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &resource())
+}
+
+/// Makes the delegate pod the owner of the step's result in the delegate's cluster (creating
+/// the result, as Argo's executor would, if it is not there yet).
+pub async fn claim(
+    target: &Client,
+    step: &Step,
+    delegate: &Pod,
+    source_cluster: &str,
+) -> Result<(), kube::Error> {
+    let namespace = delegate.namespace().unwrap_or_default();
+    let claim = claimed_result(step, delegate, source_cluster);
+    api(target, &namespace)
+        .patch(
+            &step.node_id,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(claim),
+        )
+        .await
+        .map(drop)
+}
+
+fn claimed_result(step: &Step, delegate: &Pod, source_cluster: &str) -> Value {
+    json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowTaskResult",
+        "metadata": {
+            "name": step.node_id,
+            "labels": {
+                WORKFLOW_LABEL: step.workflow,
+                DELEGATE_LABEL: "true",
+                PROXY_CLUSTER: source_cluster,
+            },
+            "ownerReferences": [{
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": delegate.name_any(),
+                "uid": delegate.uid().unwrap_or_default(),
+            }],
+        },
+    })
+}
+
+/// True when the result in the delegate's cluster is owned by the delegate.
+pub fn is_claimed(result: &DynamicObject, delegate: &Pod) -> bool {
+    let uid = delegate.uid();
+    result
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "Pod" && Some(&o.uid) == uid.as_ref())
+}
+
+/// The step's result in the delegate's cluster; None when there is none, or no
+/// WorkflowTaskResult kind at all there (Argo before 3.3 reads outputs from annotations).
+pub async fn fetch(
+    target: &Client,
+    namespace: &str,
+    step: &Step,
+) -> Result<Option<DynamicObject>, kube::Error> {
+    match api(target, namespace).get_opt(&step.node_id).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        other => other,
+    }
+}
+
+/// Copies the delegate's result to the proxy's namespace, owned by the proxy's Workflow.
+pub async fn mirror(
+    source: &Client,
+    proxy: &Pod,
+    step: &Step,
+    found: &DynamicObject,
+    delegate_ended: bool,
+) -> Result<(), kube::Error> {
+    let namespace = proxy.namespace().unwrap_or_default();
+    api(source, &namespace)
+        .patch(
+            &step.node_id,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(mirrored_result(proxy, step, found, delegate_ended)),
+        )
+        .await
+        .map(drop)
+}
+
+fn mirrored_result(proxy: &Pod, step: &Step, found: &DynamicObject, delegate_ended: bool) -> Value {
+    let mut labels: Map<String, Value> = found
+        .labels()
+        .iter()
+        .filter(|(k, _)| k.as_str() != DELEGATE_LABEL && k.as_str() != PROXY_CLUSTER)
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    labels.insert(WORKFLOW_LABEL.into(), json!(step.workflow));
+    let complete =
+        delegate_ended || found.labels().get(COMPLETED_LABEL).map(String::as_str) == Some("true");
+    labels.insert(COMPLETED_LABEL.into(), json!(complete.to_string()));
+    let owners: Vec<Value> = proxy
+        .owner_references()
+        .iter()
+        .filter(|o| {
+            o.kind == "Workflow" && o.api_version.starts_with("argoproj.io/") && o.name == step.workflow
+        })
+        .map(|o| json!({ "apiVersion": o.api_version, "kind": o.kind, "name": o.name, "uid": o.uid }))
+        .collect();
+    let mut result = Map::new();
+    result.insert("apiVersion".into(), json!("argoproj.io/v1alpha1"));
+    result.insert("kind".into(), json!("WorkflowTaskResult"));
+    result.insert(
+        "metadata".into(),
+        json!({ "name": step.node_id, "labels": labels, "ownerReferences": owners }),
+    );
+    // The node result (phase, message, outputs, progress): everything but the object's identity.
+    if let Some(body) = found.data.as_object() {
+        for (key, value) in body {
+            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                result.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn step() -> Step {
+        Step {
+            node_id: "wf-123".into(),
+            workflow: "wf".into(),
+        }
+    }
+
+    #[test]
+    fn steps_come_from_the_saved_manifest_of_argo_pods_only() {
+        let saved = json!({ "metadata": {
+            "labels": { WORKFLOW_LABEL: "wf" },
+            "annotations": { NODE_ID: "wf-123", "other": "x" },
+        }});
+        assert_eq!(step_of(&saved), Some(step()));
+        assert_eq!(
+            step_of(&json!({ "metadata": { "labels": { WORKFLOW_LABEL: "wf" } } })),
+            None
+        );
+        assert_eq!(
+            step_of(&json!({ "metadata": { "annotations": { NODE_ID: "x" } } })),
+            None
+        );
+    }
+
+    #[test]
+    fn a_claim_makes_the_delegate_the_owner_and_keeps_argos_labels() {
+        let delegate = pod(
+            json!({ "metadata": { "name": "c1-ns-wf-123", "namespace": "ns", "uid": "d-uid" } }),
+        );
+        let claim = claimed_result(&step(), &delegate, "cluster1");
+        assert_eq!(claim["metadata"]["name"], "wf-123");
+        assert_eq!(claim["metadata"]["labels"][WORKFLOW_LABEL], "wf");
+        assert_eq!(claim["metadata"]["labels"][DELEGATE_LABEL], "true");
+        assert_eq!(
+            claim["metadata"]["ownerReferences"],
+            json!([{ "apiVersion": "v1", "kind": "Pod", "name": "c1-ns-wf-123", "uid": "d-uid" }])
+        );
+        // No node result: the executor's patches of outputs must not be overwritten.
+        assert!(claim.get("outputs").is_none() && claim.get("phase").is_none());
+    }
+
+    #[test]
+    fn the_mirror_is_owned_by_the_real_workflow_and_complete_once_the_delegate_ended() {
+        let proxy = pod(
+            json!({ "metadata": { "name": "wf-123-pod", "namespace": "ns", "ownerReferences": [
+            { "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "wf", "uid": "wf-uid", "controller": true },
+            { "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "other", "uid": "o-uid" },
+        ] } }),
+        );
+        let found: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+            "metadata": { "name": "wf-123", "namespace": "ns", "resourceVersion": "7", "uid": "t-uid",
+                "labels": { WORKFLOW_LABEL: "forged", COMPLETED_LABEL: "false", DELEGATE_LABEL: "true",
+                            PROXY_CLUSTER: "cluster1", "workflows.argoproj.io/controller-instanceid": "i" } },
+            "phase": "Succeeded",
+            "outputs": { "parameters": [{ "name": "x", "value": "42" }] },
+        }))
+        .unwrap();
+        let running = mirrored_result(&proxy, &step(), &found, false);
+        assert_eq!(running["metadata"]["labels"][COMPLETED_LABEL], "false");
+        assert_eq!(running["metadata"]["labels"][WORKFLOW_LABEL], "wf");
+        assert_eq!(
+            running["metadata"]["labels"]["workflows.argoproj.io/controller-instanceid"],
+            "i"
+        );
+        assert!(running["metadata"]["labels"].get(DELEGATE_LABEL).is_none());
+        assert!(running["metadata"].get("resourceVersion").is_none());
+        assert_eq!(
+            running["metadata"]["ownerReferences"],
+            json!([{ "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "name": "wf", "uid": "wf-uid" }])
+        );
+        assert_eq!(running["outputs"]["parameters"][0]["value"], "42");
+        assert_eq!(running["phase"], "Succeeded");
+        let ended = mirrored_result(&proxy, &step(), &found, true);
+        assert_eq!(ended["metadata"]["labels"][COMPLETED_LABEL], "true");
+    }
+}
