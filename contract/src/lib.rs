@@ -49,6 +49,35 @@ pub const NAMESPACE_OPT_IN_LABEL: &str = "multicluster-scheduler";
 /// Value of [`NAMESPACE_OPT_IN_LABEL`] that opts a namespace in.
 pub const NAMESPACE_OPT_IN_VALUE: &str = "enabled";
 
+/// Prefix of the pod annotation that tells the Argo Workflows controller how to stop a
+/// container: `workflows.argoproj.io/kill-cmd-<container>`, a JSON array of strings whose `%d`
+/// becomes the signal number. The webhook sets it for each proxy container (the proxy has none
+/// of the binaries Argo's default command names); it belongs to the proxy, so it is never
+/// mirrored back from the delegate.
+pub const ARGO_KILL_CMD_PREFIX: &str = "workflows.argoproj.io/kill-cmd-";
+
+/// Longest name part (after the `/`) of an annotation key that Kubernetes accepts.
+const ANNOTATION_NAME_LIMIT: usize = 63;
+
+/// The annotation key Argo reads for `container`'s kill command, or `None` when that key would
+/// not be a valid annotation key (Kubernetes would then refuse the whole pod): its name part
+/// must be at most 63 characters of `[A-Za-z0-9._-]`, ending alphanumeric.
+pub fn argo_kill_cmd_key(container: &str) -> Option<alloc::string::String> {
+    let key = alloc::format!("{ARGO_KILL_CMD_PREFIX}{container}");
+    let (_, name) = key.split_once('/')?;
+    let valid = name.len() <= ANNOTATION_NAME_LIMIT
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    valid.then_some(key)
+}
+
+/// True for an [`ARGO_KILL_CMD_PREFIX`] key: the proxy's own, never copied from the delegate.
+pub fn is_argo_kill_cmd_key(key: &str) -> bool {
+    key.starts_with(ARGO_KILL_CMD_PREFIX)
+}
+
 /// True when `key` is one of the product's own annotation or label keys (exactly under
 /// [`DOMAIN`]; subdomains such as the test bed's are not the product's).
 pub fn is_own_key(key: &str) -> bool {
@@ -65,6 +94,22 @@ mod tests {
         for key in [ELECT, CLUSTER_NAME, SOURCEPOD_MANIFEST] {
             assert!(is_own_key(key), "{key}");
         }
+    }
+
+    #[test]
+    fn argo_kill_cmd_keys_are_valid_annotation_keys_or_none() {
+        assert_eq!(
+            argo_kill_cmd_key("main").as_deref(),
+            Some("workflows.argoproj.io/kill-cmd-main")
+        );
+        assert!(is_argo_kill_cmd_key(&argo_kill_cmd_key("wait").unwrap()));
+        let longest = "c".repeat(54);
+        assert!(argo_kill_cmd_key(&longest).is_some());
+        assert_eq!(argo_kill_cmd_key(&(longest + "c")), None);
+        for invalid in ["", "a/b", "ends-", "sp ace", "é"] {
+            assert_eq!(argo_kill_cmd_key(invalid), None, "{invalid:?}");
+        }
+        assert!(!is_argo_kill_cmd_key("workflows.argoproj.io/outputs"));
     }
 
     #[test]

@@ -6,14 +6,19 @@ use alloc::{
 };
 use core::time::Duration;
 
+use crate::kill::{Signal, parse_signal};
+
 pub const USAGE: &str = "\
 Usage: proxy-waiter [wait]      wait for this container's delegate result, then exit like it
        proxy-waiter init        exit 0 at once (proxy init containers)
        proxy-waiter deliver [--container NAME] [--timeout SECONDS] [RESULT | -]
                                 hand a result (JSON, from the argument or stdin) to the waiter
+       proxy-waiter kill [--container NAME] [--timeout SECONDS] SIGNAL
+                                make the waiter exit as if SIGNAL (15, TERM, SIGKILL...) had
+                                killed it: exit code 128+N; no process is signalled
 
 Settings (environment):
-  PROXY_WAITER_CONTAINER        this container's name (required to wait or deliver)
+  PROXY_WAITER_CONTAINER        this container's name (required to wait, deliver or kill)
   PROXY_WAITER_ANNOTATIONS      downward-API file of the pod's annotations
                                 (default /etc/proxy-waiter/annotations)
   PROXY_WAITER_TERMINATION_LOG  where the delegate's termination message goes
@@ -27,6 +32,7 @@ pub enum Mode {
     Wait(WaitConfig),
     Init,
     Deliver(DeliverConfig),
+    Kill(KillConfig),
     Help,
     Version,
 }
@@ -45,6 +51,15 @@ pub struct DeliverConfig {
     pub socket: String,
     /// The result itself, or `None` to read it from stdin.
     pub result: Option<String>,
+    /// How long to keep trying while the waiter is not (yet) listening.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct KillConfig {
+    pub container: String,
+    pub socket: String,
+    pub signal: Signal,
     /// How long to keep trying while the waiter is not (yet) listening.
     pub timeout: Duration,
 }
@@ -73,18 +88,49 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Mo
                 container,
             }))
         }
-        "deliver" => parse_deliver(rest, &env).map(Mode::Deliver),
+        "deliver" => {
+            let delivery = parse_delivery("deliver", rest, &env)?;
+            Ok(Mode::Deliver(DeliverConfig {
+                container: delivery.container,
+                socket: delivery.socket,
+                // `-` (or nothing): read the result from stdin.
+                result: delivery.positional.filter(|p| p != "-"),
+                timeout: delivery.timeout,
+            }))
+        }
+        "kill" => {
+            let delivery = parse_delivery("kill", rest, &env)?;
+            let signal = delivery
+                .positional
+                .ok_or_else(|| String::from("kill needs a SIGNAL, e.g. 15 or TERM"))
+                .and_then(|text| parse_signal(&text))?;
+            Ok(Mode::Kill(KillConfig {
+                container: delivery.container,
+                socket: delivery.socket,
+                signal,
+                timeout: delivery.timeout,
+            }))
+        }
         other => Err(format!("unknown mode {other:?}")),
     }
 }
 
-fn parse_deliver(
+/// What `deliver` and `kill` share: the options, and their one positional argument.
+struct Delivery {
+    container: String,
+    socket: String,
+    timeout: Duration,
+    positional: Option<String>,
+}
+
+fn parse_delivery(
+    mode: &str,
     args: &[String],
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<DeliverConfig, String> {
+) -> Result<Delivery, String> {
     let mut container_flag = None;
     let mut timeout = Duration::from_secs(10);
-    let mut result = None;
+    let mut positional = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -99,19 +145,18 @@ fn parse_deliver(
                 timeout = Duration::try_from_secs_f64(seconds)
                     .map_err(|_| format!("--timeout {value:?} is out of range"))?;
             }
-            "-" if result.is_none() => result = Some(None),
-            value if !value.starts_with("--") && result.is_none() => {
-                result = Some(Some(value.to_string()))
+            value if !value.starts_with("--") && positional.is_none() => {
+                positional = Some(value.to_string())
             }
-            other => return Err(format!("unexpected argument {other:?} for deliver")),
+            other => return Err(format!("unexpected argument {other:?} for {mode}")),
         }
     }
     let container = container(container_flag, env)?;
-    Ok(DeliverConfig {
+    Ok(Delivery {
         socket: socket(&container, env),
         container,
-        result: result.flatten(),
         timeout,
+        positional,
     })
 }
 
@@ -174,6 +219,52 @@ mod tests {
             panic!("not deliver")
         };
         assert_eq!(stdin.result, None);
+    }
+
+    #[test]
+    fn kill_takes_a_signal_a_container_and_a_timeout() {
+        let mode = parse(
+            &args(&["kill", "--container", "wait", "--timeout", "2", "SIGKILL"]),
+            env,
+        )
+        .unwrap();
+        let Mode::Kill(config) = mode else {
+            panic!("not kill")
+        };
+        assert_eq!(
+            (config.container.as_str(), config.socket.as_str()),
+            ("wait", "proxy-waiter/wait")
+        );
+        assert_eq!(
+            (config.signal.number, config.timeout),
+            (9, Duration::from_secs(2))
+        );
+        let Mode::Kill(shell) = parse(&args(&["kill", "-15"]), env).unwrap() else {
+            panic!("not kill")
+        };
+        assert_eq!(
+            (shell.signal.number, shell.container.as_str()),
+            (15, "main")
+        );
+    }
+
+    #[test]
+    fn kill_mistakes_are_explained() {
+        for (list, why) in [
+            (&["kill"][..], "kill needs a SIGNAL"),
+            (&["kill", "TERMINATE"], "unknown signal"),
+            (&["kill", "0"], "out of range"),
+            (&["kill", "CONT"], "does not end a process"),
+            (&["kill", "15", "9"], "unexpected argument \"9\" for kill"),
+        ] {
+            let err = parse(&args(list), env).unwrap_err();
+            assert!(err.contains(why), "{list:?}: {err}");
+        }
+        assert!(
+            parse(&args(&["kill", "15"]), |_| None)
+                .unwrap_err()
+                .contains("PROXY_WAITER_CONTAINER")
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub fn run(config: &DeliverConfig) -> i32 {
     if let Err(why) = outcome(&config.container, &text) {
         return refuse(&format!("invalid result for {}: {why}", config.container));
     }
-    match hand_over(config, &text) {
+    match hand_over(&config.socket, config.timeout, &text) {
         Ok(reply) if reply.trim_end() == "accepted" => {
             sys::out(&format!(
                 "proxy-waiter deliver: result accepted by the waiter of {}",
@@ -51,12 +51,13 @@ fn refuse(why: &str) -> i32 {
     REFUSED
 }
 
-fn hand_over(config: &DeliverConfig, text: &str) -> sys::Result<String> {
-    let stream = connect_with_retry(&config.socket, config.timeout)?;
-    sys::set_timeouts(&stream, config.timeout.max(Duration::from_secs(1)));
+/// Sends `text` to the waiter listening on `socket`; returns its reply.
+pub(crate) fn hand_over(socket: &str, timeout: Duration, text: &str) -> sys::Result<String> {
+    let stream = connect_with_retry(socket, timeout)?;
+    sys::set_timeouts(&stream, timeout.max(Duration::from_secs(1)));
     sys::write_all(stream.raw(), text.as_bytes())?;
     sys::shutdown_write(&stream)?;
-    let reply = sys::read_to_end(stream.raw(), 4096)?;
+    let reply = sys::read_reply(stream.raw(), 4096)?;
     if reply.is_empty() {
         return Err(sys::Errno(libc::ECONNRESET));
     }

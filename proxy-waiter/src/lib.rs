@@ -7,6 +7,8 @@
 //! - `init`: what a proxy init container runs; exits 0 at once.
 //! - `deliver`: run inside the container (`kubectl exec`) to hand a result to the waiting
 //!   process; succeeds only once the waiter has accepted it.
+//! - `kill SIGNAL`: what Argo Workflows runs to stop the container; hands the waiter a result
+//!   that ends it as SIGNAL would have (exit code 128+N). No process is signalled.
 //!
 //! The library has no std (only `core` and `alloc`, system calls through libc) so that the
 //! shipped static binary stays under 1 MiB: std alone costs more than that once linked
@@ -22,6 +24,7 @@ pub mod config;
 pub mod decide;
 pub mod deliver;
 mod finish;
+pub mod kill;
 pub mod sys;
 pub mod wait;
 
@@ -44,6 +47,7 @@ pub fn run(args: Vec<String>) -> i32 {
         Ok(Mode::Init) => 0,
         Ok(Mode::Wait(config)) => wait::run(&config),
         Ok(Mode::Deliver(config)) => deliver::run(&config),
+        Ok(Mode::Kill(config)) => kill::run(&config),
         Err(e) => {
             sys::err(&format!("proxy-waiter: {e}\n\n{USAGE}"));
             2

@@ -79,6 +79,16 @@ pub fn write_all(fd: c_int, mut bytes: &[u8]) -> Result<()> {
 
 /// Reads until end of file, failing past `limit` bytes.
 pub fn read_to_end(fd: c_int, limit: usize) -> Result<Vec<u8>> {
+    read_until(fd, limit, false)
+}
+
+/// Reads a peer's reply until it closes the connection. A peer that closes without reading
+/// all we sent resets the connection after its reply: that ends the reply too.
+pub fn read_reply(fd: c_int, limit: usize) -> Result<Vec<u8>> {
+    read_until(fd, limit, true)
+}
+
+fn read_until(fd: c_int, limit: usize, reset_ends: bool) -> Result<Vec<u8>> {
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -88,6 +98,7 @@ pub fn read_to_end(fd: c_int, limit: usize) -> Result<Vec<u8>> {
             Ok(n) if data.len() + n > limit => return Err(Errno(libc::EFBIG)),
             Ok(n) => data.extend_from_slice(&buf[..n]),
             Err(Errno(libc::EINTR)) => {}
+            Err(Errno(libc::ECONNRESET)) if reset_ends => return Ok(data),
             Err(e) => return Err(e),
         }
     }

@@ -16,6 +16,8 @@ use crate::{
 pub const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// How often the projection is re-read even without an inotify event (or without inotify).
 const RESCAN: Duration = Duration::from_secs(2);
+/// The reply to deliverers that come after a result was accepted (`kill` recognises it).
+pub const ALREADY_FINISHED: &str = "refused: another result was accepted first";
 /// How long one deliverer may take to send its result: the waiter serves one at a time.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -168,10 +170,7 @@ impl<'a> Waiter<'a> {
     fn refuse_pending(&mut self) {
         if let Some(listener) = self.listener.take() {
             while let Some(stream) = sys::accept(&listener) {
-                let _ = sys::write_all(
-                    stream.raw(),
-                    b"refused: another result was accepted first\n",
-                );
+                let _ = sys::write_all(stream.raw(), format!("{ALREADY_FINISHED}\n").as_bytes());
             }
         }
     }

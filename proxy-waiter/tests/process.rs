@@ -113,6 +113,16 @@ impl Scene {
             .unwrap()
     }
 
+    /// `proxy-waiter kill SIGNAL`, as Argo's controller runs it in the container.
+    fn kill(&self, container: &str, signal: &str, extra: &[&str]) -> Output {
+        self.command(container)
+            .arg("kill")
+            .args(extra)
+            .arg(signal)
+            .output()
+            .unwrap()
+    }
+
     fn spawn_deliver(&self, container: &str, result: &str, extra: &[&str]) -> Child {
         self.command(container)
             .arg("deliver")
@@ -429,7 +439,8 @@ fn init_exits_0_and_mistakes_exit_2_with_usage() {
     assert_eq!(wrong.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("PROXY_WAITER_CONTAINER is not set"));
     let help = Command::new(binary()).arg("--help").output().unwrap();
-    assert!(String::from_utf8_lossy(&help.stdout).contains("proxy-waiter deliver"));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("proxy-waiter deliver") && help.contains("proxy-waiter kill"));
 }
 
 #[test]
@@ -449,4 +460,78 @@ fn stdin_delivery_works() {
         .unwrap();
     assert!(deliver.wait().unwrap().success());
     assert_eq!(waiter.finish(EXIT).0.code(), Some(9));
+}
+
+#[test]
+fn kill_ends_the_waiter_as_the_signal_would_with_its_message() {
+    let scene = Scene::new();
+    for (signal, code, message) in [
+        ("15", 143, "stopped by SIGTERM (kill command)"),
+        ("9", 137, "stopped by SIGKILL (kill command)"),
+        ("SIGINT", 130, "stopped by SIGINT (kill command)"),
+    ] {
+        let waiter = scene.wait_ready("main");
+        let kill = scene.kill("main", signal, &[]);
+        assert_eq!(kill.status.code(), Some(0), "{kill:?}");
+        assert!(
+            String::from_utf8_lossy(&kill.stdout).contains(&format!("(exit code {code})")),
+            "{kill:?}"
+        );
+        let (status, out, _) = waiter.finish(EXIT);
+        assert_eq!(status.code(), Some(code), "{signal}: {out}");
+        assert!(out.contains(message), "{out}");
+        assert_eq!(
+            fs::read_to_string(scene.termination_log("main")).unwrap(),
+            message
+        );
+    }
+}
+
+#[test]
+fn kill_without_a_waiter_fails_and_says_why() {
+    let scene = Scene::new();
+    let started = Instant::now();
+    let kill = scene.kill("main", "15", &["--timeout", "0.3"]);
+    assert_eq!(kill.status.code(), Some(3), "{kill:?}");
+    let err = String::from_utf8_lossy(&kill.stderr);
+    assert!(
+        err.contains("cannot stop container main: no waiter answered"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let wrong = scene.kill("main", "STOP", &[]);
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("SIGSTOP does not end a process"));
+}
+
+#[test]
+fn kill_after_a_result_was_accepted_has_nothing_to_stop() {
+    let scene = Scene::new();
+    let waiter = scene.wait_ready("main");
+    // A deliverer that has sent its result but not finished: the waiter serves it first.
+    let mut first = connect(&format!("{}/main", scene.socket)).unwrap();
+    first
+        .write_all(result(&[("main", 7, "done")]).as_bytes())
+        .unwrap();
+    let kill = scene
+        .command("main")
+        .args(["kill", "--timeout", "2", "TERM"])
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(400));
+    first.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    first.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply.trim_end(), "accepted");
+    let kill = kill.wait_with_output().unwrap();
+    assert_eq!(kill.status.code(), Some(0), "{kill:?}");
+    assert!(
+        String::from_utf8_lossy(&kill.stdout).contains("nothing to stop"),
+        "{kill:?}"
+    );
+    assert_eq!(waiter.finish(EXIT).0.code(), Some(7));
+    assert_eq!(
+        fs::read_to_string(scene.termination_log("main")).unwrap(),
+        "done"
+    );
 }
