@@ -116,7 +116,8 @@ fn class_of(message: &str) -> String {
 ///   that is not such a creation passes unchanged; only genuine proxies pass unchanged when
 ///   elected; forged ones are denied (403).
 /// - A patch decodes, applies to the pod, and yields a proxy: same metadata plus the label,
-///   finalizer and a saved manifest that opens with the key to the original pod; a spec with
+///   finalizer, a saved manifest that opens with the key to the original pod, and Argo's kill
+///   command (`proxy-waiter kill`) for each container in place of the owner's; a spec with
 ///   only the kept fields and waiter containers of the same names; annotations under 256 KiB;
 ///   and the webhook leaves that proxy unchanged when it comes back.
 pub fn webhook(body: &[u8]) -> String {
@@ -296,7 +297,19 @@ fn check_proxy(pod: &Value, proxy: &Value, namespace: &str) {
     let sealed = annotations
         .remove(SOURCEPOD_MANIFEST)
         .expect("the proxy has a saved manifest");
-    assert_eq!(Some(&annotations), metadata["annotations"].as_object());
+    // Argo's kill command for each container with a valid key, in place of the owner's.
+    let mut expected = metadata["annotations"].as_object().cloned();
+    for name in pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+    {
+        if let (Some(expected), Some(key)) = (&mut expected, contract::argo_kill_cmd_key(name)) {
+            expected.insert(key, r#"["/proxy-waiter","kill","%d"]"#.into());
+        }
+    }
+    assert_eq!(Some(&annotations), expected.as_ref());
     let size: usize = proxy_metadata["annotations"]
         .as_object()
         .into_iter()

@@ -2,7 +2,7 @@
 //! namespace and the settings: no IO, so every case is a unit test.
 
 use contract::{
-    CLEANUP_FINALIZER, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST,
+    CLEANUP_FINALIZER, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST, argo_kill_cmd_key,
     manifest::{ManifestError, ManifestKey},
 };
 use std::collections::BTreeMap;
@@ -115,13 +115,9 @@ pub fn mutate(
         Err(message) => return deny(400, message),
     };
     let sealed = key.seal(namespace, &saved_manifest(pod, namespace));
-    let annotations_bytes: usize = annotations
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
-        .sum::<usize>()
-        + SOURCEPOD_MANIFEST.len()
-        + sealed.len();
+    let mut added = vec![(SOURCEPOD_MANIFEST.to_string(), sealed)];
+    added.extend(argo_kill_commands(spec));
+    let annotations_bytes = annotations_bytes(annotations, &added);
     if annotations_bytes > ANNOTATIONS_LIMIT_BYTES {
         return deny(
             400,
@@ -133,11 +129,11 @@ pub fn mutate(
             ),
         );
     }
-    Mutation::Patch(Patch(vec![
-        add(
-            &["metadata", "annotations", SOURCEPOD_MANIFEST],
-            Value::String(sealed),
-        ),
+    let mut patch: Vec<PatchOperation> = added
+        .into_iter()
+        .map(|(key, value)| add(&["metadata", "annotations", &key], Value::String(value)))
+        .collect();
+    patch.extend([
         match labels {
             Some(_) => add(&["metadata", "labels", PROXY_LABEL], json!("true")),
             None => add(&["metadata", "labels"], json!({ PROXY_LABEL: "true" })),
@@ -153,7 +149,36 @@ pub fn mutate(
             path: pointer(&["spec"]),
             value: proxy_spec,
         }),
-    ]))
+    ]);
+    Mutation::Patch(Patch(patch))
+}
+
+/// For each container, how Argo Workflows must stop it: its default kill command runs a shell
+/// or argoexec, which a proxy container does not have. Replaces any the owner set (the saved
+/// manifest keeps those for the delegate). Init containers are never signalled by Argo; a
+/// container whose key would be invalid (name over 54 characters) gets none rather than
+/// getting the whole pod refused.
+fn argo_kill_commands(spec: &Map<String, Value>) -> Vec<(String, String)> {
+    let command = json!([WAITER_COMMAND, "kill", "%d"]).to_string();
+    spec.get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .filter_map(argo_kill_cmd_key)
+        .map(|key| (key, command.clone()))
+        .collect()
+}
+
+/// Size of the proxy's annotations as Kubernetes counts it: the pod's, with `added` set.
+fn annotations_bytes(original: Option<&Map<String, Value>>, added: &[(String, String)]) -> usize {
+    let kept: usize = original
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !added.iter().any(|(key, _)| key == *k))
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    kept + added.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A pod that says it is a proxy: re-invocation of the webhook (fine) or a forgery (refused:
@@ -455,6 +480,59 @@ mod tests {
             mutate(&labelled, "ns", &settings, &key()),
             Mutation::Deny { code: 403, .. }
         ));
+    }
+
+    #[test]
+    fn proxies_tell_argo_to_stop_each_container_with_the_waiter() {
+        let owners = json!(["/bin/sh", "-c", "kill -%d 1"]).to_string();
+        let long = "c".repeat(55);
+        let mut pod = elected();
+        pod["metadata"]["annotations"]["workflows.argoproj.io/kill-cmd-main"] = json!(owners);
+        pod["spec"]["containers"] = json!([
+            { "name": "main", "image": "busybox" },
+            { "name": "wait", "image": "argoexec" },
+            { "name": long, "image": "busybox" },
+        ]);
+        pod["spec"]["initContainers"] = json!([{ "name": "init", "image": "argoexec" }]);
+        let settings = ProxySettings::default();
+        let mutation = mutate(&pod, "ns", &settings, &key());
+        let Mutation::Patch(patch) = &mutation else {
+            panic!("{mutation:?}")
+        };
+        assert!(
+            patch.0.iter().any(|op| op.path().as_str()
+                == "/metadata/annotations/workflows.argoproj.io~1kill-cmd-main"),
+            "{patch:?}"
+        );
+        let proxy = apply(&pod, mutation);
+        let annotations = proxy["metadata"]["annotations"].as_object().unwrap();
+        let ours = json!(r#"["/proxy-waiter","kill","%d"]"#);
+        assert_eq!(annotations["workflows.argoproj.io/kill-cmd-main"], ours);
+        assert_eq!(annotations["workflows.argoproj.io/kill-cmd-wait"], ours);
+        let kill_keys = annotations.keys().filter(|k| k.contains("/kill-cmd-"));
+        assert_eq!(
+            kill_keys.count(),
+            2,
+            "none for init containers or invalid keys"
+        );
+
+        let sealed = annotations[SOURCEPOD_MANIFEST].as_str().unwrap();
+        let saved: Value = serde_json::from_str(key().open("ns", sealed).unwrap()).unwrap();
+        assert_eq!(
+            saved["metadata"]["annotations"], pod["metadata"]["annotations"],
+            "the delegate keeps the owner's kill command"
+        );
+        assert_eq!(
+            mutate(&proxy, "ns", &settings, &key()),
+            Mutation::Unchanged("already a proxy")
+        );
+    }
+
+    #[test]
+    fn the_size_limit_counts_the_annotations_the_proxy_ends_with() {
+        let added = [("k".to_string(), "vv".to_string())];
+        let original = json!({ "k": "replaced", "a": "b" });
+        assert_eq!(annotations_bytes(original.as_object(), &added), 2 + 3);
     }
 
     #[test]

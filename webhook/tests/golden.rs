@@ -172,6 +172,17 @@ fn proxies_are_minimal_and_locked_down() {
                 );
             }
         }
+        for c in spec["containers"].as_array().unwrap() {
+            let key = format!(
+                "workflows.argoproj.io/kill-cmd-{}",
+                c["name"].as_str().unwrap()
+            );
+            assert_eq!(
+                proxy["metadata"]["annotations"][&key],
+                json!(r#"["/proxy-waiter","kill","%d"]"#),
+                "{name}: Argo stops {key} with the waiter"
+            );
+        }
         assert_eq!(spec["tolerations"], pod["spec"]["tolerations"], "{name}");
         assert_eq!(
             spec["serviceAccountName"], pod["spec"]["serviceAccountName"],
