@@ -636,7 +636,12 @@ async fn mirror(
     let changed: serde_json::Map<String, Value> = delegate
         .annotations()
         .iter()
-        .filter(|(k, _)| !is_own_key(k) && !k.starts_with("kubectl.kubernetes.io/"))
+        // The delegate carries the owner's kill commands: the proxy's must stay proxy-waiter's.
+        .filter(|(k, _)| {
+            !is_own_key(k)
+                && !k.starts_with("kubectl.kubernetes.io/")
+                && !contract::is_argo_kill_cmd_key(k)
+        })
         .filter(|(k, v)| current.get(*k) != Some(v))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
