@@ -3,8 +3,9 @@
 //! A test bed is N real Kubernetes control planes (etcd, kube-apiserver, kube-scheduler,
 //! kube-controller-manager) on loopback ports, with kwok playing the kubelet of fake nodes.
 //! [`testbed`] starts and stops one; [`support`] gives tests a client per cluster and unique
-//! namespaces that clean up after themselves.
+//! namespaces that clean up after themselves; [`argo`] runs Argo's workflow-controller on it.
 
+pub mod argo;
 pub mod support;
 pub mod testbed;
 pub mod webhook_registration;

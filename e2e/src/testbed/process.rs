@@ -147,6 +147,7 @@ const OUR_PROGRAMS: &[&str] = &[
     "kube-controller-manager",
     "kube-scheduler",
     "kwok",
+    "workflow-controller",
 ];
 
 /// Every running test bed program whose arguments name a path inside `dir` (the test bed's
