@@ -383,7 +383,16 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
         Some(delegate) => {
             forget_in_flight(&context, &target.name, &delegate_name);
             if let Some(why) = stopped(&proxy) {
-                return stop_delegate(&proxy, &api, &delegate, target, &context, &why).await;
+                return stop_delegate(
+                    &proxy,
+                    &api,
+                    &delegate,
+                    step.as_ref(),
+                    target,
+                    &context,
+                    &why,
+                )
+                .await;
             }
             mirror(&proxy, &api, &delegate, step.as_ref(), target, &context).await
         }
@@ -686,7 +695,31 @@ async fn record_result(
     reason: &str,
     note: String,
 ) -> Result<Action, Error> {
-    patch_annotations(api, proxy, json!({ RESULT: result.encode() })).await?;
+    // A result is written once and never changed. The proxy cache can lag behind a result this
+    // controller has just written (a delegate deleted by a stop wakes this proxy before its own
+    // update arrives), so check the live proxy and write over that version only.
+    let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+    if live.annotations().contains_key(RESULT) {
+        return Ok(Action::await_change());
+    }
+    let write = json!({ "metadata": {
+        "resourceVersion": live.resource_version(),
+        "annotations": { RESULT: result.encode() },
+    }});
+    match api
+        .patch(
+            &proxy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(write),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if api_code(&e) == Some(409) => {
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
+        Err(e) => return Err(Error::Source(e)),
+    }
     publish(context, proxy, type_, reason, note).await;
     Ok(Action::await_change())
 }
@@ -798,15 +831,21 @@ fn stopped(proxy: &Pod) -> Option<String> {
 }
 
 /// Deletes a stopped proxy's delegate in its cluster (with its grace period, like a kubelet
-/// stopping a pod) and records the stop as the proxy's result.
+/// stopping a pod) and records the stop as the proxy's result. An Argo step's task result is
+/// mirrored complete first (it goes with the delegate, and nobody will write it again), so
+/// that Argo does not wait for it.
 async fn stop_delegate(
     proxy: &Pod,
     api: &Api<Pod>,
     delegate: &Pod,
+    step: Option<&Step>,
     target: &Target,
     context: &Context,
     why: &str,
 ) -> Result<Action, Error> {
+    if let Some(step) = step {
+        mirror_task_result(proxy, delegate, step, true, target, context).await?;
+    }
     if outcome::result_of(delegate).is_none() {
         let delegates: Api<Pod> = Api::namespaced(
             target.client.clone(),

@@ -125,7 +125,9 @@ pub async fn fetch(
     }
 }
 
-/// Copies the delegate's result to the proxy's namespace, owned by the proxy's Workflow.
+/// Copies the delegate's result to the proxy's namespace, owned by the proxy's Workflow. A copy
+/// marked complete is final: a pass working from caches that lag behind (a delegate still
+/// running there) must not make Argo wait again or bring back older outputs.
 pub async fn mirror(
     source: &Client,
     proxy: &Pod,
@@ -134,7 +136,13 @@ pub async fn mirror(
     delegate_ended: bool,
 ) -> Result<(), kube::Error> {
     let namespace = proxy.namespace().unwrap_or_default();
-    api(source, &namespace)
+    let mirrors = api(source, &namespace);
+    if let Some(mirrored) = mirrors.get_opt(&step.node_id).await?
+        && is_complete(&mirrored)
+    {
+        return Ok(());
+    }
+    mirrors
         .patch(
             &step.node_id,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -142,6 +150,10 @@ pub async fn mirror(
         )
         .await
         .map(drop)
+}
+
+fn is_complete(result: &DynamicObject) -> bool {
+    result.labels().get(COMPLETED_LABEL).map(String::as_str) == Some("true")
 }
 
 fn mirrored_result(proxy: &Pod, step: &Step, found: &DynamicObject, delegate_ended: bool) -> Value {
@@ -152,8 +164,7 @@ fn mirrored_result(proxy: &Pod, step: &Step, found: &DynamicObject, delegate_end
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     labels.insert(WORKFLOW_LABEL.into(), json!(step.workflow));
-    let complete =
-        delegate_ended || found.labels().get(COMPLETED_LABEL).map(String::as_str) == Some("true");
+    let complete = delegate_ended || is_complete(found);
     labels.insert(COMPLETED_LABEL.into(), json!(complete.to_string()));
     let owners: Vec<Value> = proxy
         .owner_references()

@@ -200,10 +200,14 @@ async fn task_results_are_kept_in_the_target_and_mirrored_before_the_proxy_ends(
 #[tokio::test]
 async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_delegate() {
     let env = TestEnv::get().await.unwrap();
+    for cluster in ["cluster1", "cluster2"] {
+        install_task_result_crd(env.client(cluster).await.unwrap()).await;
+    }
     let ns = env.namespace("dsync-argo-stop").await.unwrap();
     let _controller = Controller::start(env);
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
     let delegates = ns.api::<Pod>("cluster2").await.unwrap();
+    let in_source = task_results(env.client("cluster1").await.unwrap(), &ns);
     for name in ["killed", "given-up"] {
         proxies
             .create(
@@ -257,11 +261,22 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
         )
         .await
         .unwrap_or_else(|e| panic!("{name}: the delegate was not stopped: {e}"));
-        let proxy = proxies.get(name).await.unwrap();
+        let proxy = wait_for(
+            &proxies,
+            name,
+            Duration::from_secs(10),
+            |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(RESULT)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         let result = &proxy.annotations()[RESULT];
         assert!(
             result.contains("Stopped") && result.contains("143"),
             "{name}: {result}"
         );
+        // Nobody will write the step's task result again: Argo must not wait for it.
+        let mirrored = in_source.get(&format!("wf-{name}")).await.unwrap();
+        assert_eq!(mirrored.labels()[COMPLETED_LABEL], "true", "{name}");
     }
 }
