@@ -128,7 +128,11 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
             "metadata": { "name": CONFIGMAP, "namespace": NAMESPACE },
             // Metrics would listen on the fixed port 9090 of every interface and panic when
             // another test bed's controller holds it. A one-line value must be flow-style YAML.
-            "data": { "metricsConfig": "{enabled: false}" },
+            // The wait container requests 100m CPU, as in the blog's clusters.
+            "data": {
+                "metricsConfig": "{enabled: false}",
+                "executor": "{resources: {requests: {cpu: 100m}}}",
+            },
         },
     ]);
     for doc in namespace_and_config.as_array().into_iter().flatten() {

@@ -3,10 +3,10 @@
 //! are delegated by delegate-sync to cluster2, and the real Job controller judges the proxies
 //! by their delegates' exit codes, exactly as if the pods had run locally.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+mod pieces;
 
-use contract::manifest::ManifestKey;
-use delegate_sync::args::TargetSpec;
+use std::{collections::BTreeMap, time::Duration};
+
 use e2e::{
     TestEnv, lifecycle,
     support::{unique_name, wait_for},
@@ -14,112 +14,6 @@ use e2e::{
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
-
-const KEY: &[u8] = b"journey-test-manifest-key-0123456789abcd";
-const DAY: Duration = Duration::from_secs(86_400);
-
-struct Running {
-    stops: Vec<tokio::sync::oneshot::Sender<()>>,
-    _registration: e2e::WebhookRegistration,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        for stop in self.stops.drain(..) {
-            let _ = stop.send(());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts the webhook (registered for namespaces labelled `journey=<selector>`) and
-/// delegate-sync (source cluster1; targets cluster1 and cluster2).
-async fn start_pieces(env: &TestEnv, selector: &str) -> Running {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let dir = e2e::testbed::workspace_target_dir().join(format!("journey-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = certs::Authority::generate("journey-ca", DAY).unwrap();
-    ca.issue_serving("webhook", &["127.0.0.1"], DAY)
-        .unwrap()
-        .write(&dir, "tls")
-        .unwrap();
-
-    let config = webhook::args::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        path: "/mutate".into(),
-        tls_cert_file: dir.join("tls.crt"),
-        tls_private_key_file: dir.join("tls.key"),
-        settings: webhook::mutate::ProxySettings {
-            waiter_image: "proxy-waiter:journey".into(),
-            ..Default::default()
-        },
-        key: ManifestKey::from_bytes(KEY).unwrap(),
-        excluded_namespaces: vec!["kube-system".into()],
-        max_body_bytes: 4 << 20,
-        max_concurrent_requests: 8,
-        limits: webhook::server::Limits {
-            max_connections: 64,
-            handshake_timeout: Duration::from_secs(5),
-            header_read_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(5),
-        },
-    };
-    let bound = webhook::bind(config, provider).await.unwrap();
-    let port = bound.local_addr().unwrap().port();
-    let (stop_webhook, webhook_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(bound.serve(async move {
-        let _ = webhook_stopped.await;
-    }));
-
-    let registration = e2e::WebhookRegistration::create(
-        env,
-        "cluster1",
-        port,
-        &ca.pem().cert,
-        BTreeMap::from([
-            ("multicluster-scheduler".into(), "enabled".into()),
-            ("journey".into(), selector.to_string()),
-        ]),
-    )
-    .await
-    .unwrap();
-
-    let kubeconfig = env.kubeconfig().clone();
-    let sync_config = delegate_sync::args::Config {
-        cluster_name: "cluster1".into(),
-        kubeconfig: Some(kubeconfig.clone()),
-        context: Some("cluster1".into()),
-        targets: vec![
-            TargetSpec {
-                name: "cluster1".into(),
-                kubeconfig: None,
-                context: None,
-            },
-            TargetSpec {
-                name: "cluster2".into(),
-                kubeconfig: Some(kubeconfig.clone()),
-                context: Some("cluster2".into()),
-            },
-        ],
-        key: ManifestKey::from_bytes(KEY).unwrap(),
-        pending_retry: Duration::from_secs(600),
-        cluster_lost_timeout: Duration::from_secs(3600),
-        leader_election: None,
-        concurrency: 16,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-    };
-    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(delegate_sync::run(sync_config, async move {
-        let _ = sync_stopped.await;
-    }));
-    Running {
-        stops: vec![stop_webhook, stop_sync],
-        _registration: registration,
-        dir,
-    }
-}
 
 fn job(name: &str, exit_code: &str) -> Job {
     serde_json::from_value(json!({
@@ -167,7 +61,7 @@ async fn jobs_of_elected_pods_are_judged_by_their_delegates_exit_codes() {
         )
         .await
         .unwrap();
-    let _pieces = start_pieces(env, &selector).await;
+    let _pieces = pieces::start(env, "journey", &selector).await;
     // The apiserver picks a new webhook configuration up within moments.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
