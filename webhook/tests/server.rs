@@ -295,3 +295,90 @@ async fn invalid_certificates_fail_before_binding_with_the_flag_named() {
         .to_string();
     assert!(error.contains("--tls-private-key-file"), "{error}");
 }
+
+/// A ClientHello with `version` in its legacy field and no supported_versions extension (how
+/// TLS 1.0–1.2 clients offer their version), with what a TLS 1.2 handshake with this server
+/// needs: an ECDSA GCM cipher suite, the x25519 group and ECDSA signatures.
+fn client_hello(version: [u8; 2]) -> Vec<u8> {
+    let extension = |kind: u16, data: &[u8]| {
+        let mut e = kind.to_be_bytes().to_vec();
+        e.extend((data.len() as u16).to_be_bytes());
+        e.extend(data);
+        e
+    };
+    let mut extensions = Vec::new();
+    extensions.extend(extension(10, &[0, 2, 0x00, 0x1d])); // supported_groups: x25519
+    extensions.extend(extension(11, &[1, 0])); // ec_point_formats: uncompressed
+    extensions.extend(extension(13, &[0, 2, 0x04, 0x03])); // signature_algorithms: ecdsa_secp256r1_sha256
+    let mut body = Vec::new();
+    body.extend(version);
+    body.extend([7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend([0, 2, 0xc0, 0x2b]); // TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    body.extend([1, 0]); // null compression
+    body.extend((extensions.len() as u16).to_be_bytes());
+    body.extend(extensions);
+    let mut handshake = vec![1u8]; // ClientHello
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![22u8, 3, 1]; // a handshake record, framed as TLS 1.0 as clients do
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+/// The type of the first record a server answers a ClientHello with and, for an alert,
+/// its (level, description).
+async fn answer_to(addr: std::net::SocketAddr, hello: &[u8]) -> (u8, Option<(u8, u8)>) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut header = [0u8; 7];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut header)).await;
+    assert!(matches!(read, Ok(Ok(_))), "no answer: {read:?}");
+    (
+        header[0],
+        (header[0] == 21).then_some((header[5], header[6])),
+    )
+}
+
+#[tokio::test]
+async fn tls_below_1_2_is_refused_with_a_protocol_version_alert() {
+    const ALERT: u8 = 21;
+    const HANDSHAKE: u8 = 22;
+    const FATAL: u8 = 2;
+    const PROTOCOL_VERSION: u8 = 70;
+    let certs = CertDir::new("tls-versions");
+    let server = Server::start(config(&certs, "127.0.0.1:0")).await;
+    for (name, version) in [
+        ("SSL 3.0", [3, 0]),
+        ("TLS 1.0", [3, 1]),
+        ("TLS 1.1", [3, 2]),
+    ] {
+        assert_eq!(
+            answer_to(server.addr, &client_hello(version)).await,
+            (ALERT, Some((FATAL, PROTOCOL_VERSION))),
+            "{name}"
+        );
+    }
+    // The very same hello as TLS 1.2 gets a ServerHello: the alerts are about the version.
+    assert_eq!(
+        answer_to(server.addr, &client_hello([3, 3])).await,
+        (HANDSHAKE, None)
+    );
+    // And a real client limited to TLS 1.2 completes its handshake.
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls12_only = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connected = tls_connect(server.addr, tls12_only).await.unwrap();
+    assert_eq!(
+        connected.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
