@@ -138,6 +138,11 @@ impl DelegateResult {
             });
         }
         if self.phase == Phase::Failed {
+            // Without a pod-level reason (eviction, loss), the cause is a container that failed.
+            let failed = self.containers.iter().find(|(_, c)| c.exit_code != 0);
+            if let (None, Some((name, failed))) = (&self.reason, failed) {
+                return Ok(failed_before(container, name, failed));
+            }
             let reason = self.reason.as_deref().unwrap_or("Failed");
             let message = self
                 .message
@@ -156,6 +161,27 @@ impl DelegateResult {
         Err(ResultError::MissingContainer {
             container: container.to_string(),
         })
+    }
+}
+
+/// The outcome of a container that never ran because container `name` of the delegate failed
+/// first (an init container, typically): its code, and a message that names it the way Argo
+/// Workflows reports a failed container (`init: Error (exit code 2): …`).
+fn failed_before(container: &str, name: &str, failed: &ContainerResult) -> Outcome {
+    let reason = failed.reason.as_deref().unwrap_or("Error");
+    let mut message = format!("{name}: {reason} (exit code {})", failed.exit_code);
+    if let Some(text) = failed.message.as_deref().filter(|m| !m.is_empty()) {
+        message.push_str(": ");
+        message.push_str(text);
+    }
+    let summary = summary(
+        &format!("delegate container {name} failed before container {container} ran"),
+        &message,
+    );
+    Outcome {
+        exit_code: exit_status(failed.exit_code),
+        message,
+        summary,
     }
 }
 
@@ -261,6 +287,25 @@ mod tests {
             "{}",
             outcome.summary
         );
+    }
+
+    #[test]
+    fn a_failed_init_container_is_named_by_the_containers_that_never_ran() {
+        let result = DelegateResult::decode(
+            r#"{"v":1,"phase":"Failed","containers":{"init":{"exitCode":2,"reason":"Error","message":"no artifact"}}}"#,
+        )
+        .unwrap();
+        let main = result.outcome_for("main").unwrap();
+        assert_eq!(main.exit_code, 2);
+        assert_eq!(main.message, "init: Error (exit code 2): no artifact");
+        assert!(
+            main.summary
+                .contains("init failed before container main ran"),
+            "{}",
+            main.summary
+        );
+        // A container that did run keeps its own outcome.
+        assert_eq!(result.outcome_for("init").unwrap().message, "no artifact");
     }
 
     #[test]

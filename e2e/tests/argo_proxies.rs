@@ -302,6 +302,8 @@ spec:
             value: "{{{{steps.a.outputs.parameters.x}}}}"
     - - name: c
         template: fail
+      - name: d
+        template: fail-in-init
   - name: produce
     metadata:
       annotations:
@@ -337,10 +339,23 @@ spec:
     container:
       image: busybox
       command: [sh, -c, "echo disk full >&2; exit 3"]
+  - name: fail-in-init
+    metadata:
+      annotations:
+        multicluster.admiralty.io/elect: ""
+        multicluster.admiralty.io/clustername: cluster2
+        {run_for}: 1s
+        {init_exit_code}: "2"
+        {init_message}: no artifact
+    container:
+      image: busybox
+      command: [sh, -c, "true"]
 "#,
             run_for = lifecycle::RUN_FOR,
             exit_code = lifecycle::exit_code_of("main"),
             message = lifecycle::message_of("main"),
+            init_exit_code = lifecycle::exit_code_of("init"),
+            init_message = lifecycle::message_of("init"),
         ),
     )
     .await
@@ -415,6 +430,15 @@ spec:
         c.message.contains("exit code 3") && c.message.contains("disk full"),
         "{}",
         c.message
+    );
+    // Step d's delegate failed in Argo's init container in cluster2 and never ran main: the
+    // proxy's main reports it with the init container's code and message.
+    let d = status.node("d").unwrap();
+    assert_eq!(d.phase, "Failed", "{:#}", status.raw);
+    assert!(
+        d.message.contains("init: Error (exit code 2): no artifact"),
+        "{}",
+        d.message
     );
 }
 
