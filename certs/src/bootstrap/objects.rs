@@ -26,18 +26,24 @@ pub const TARGET_CLUSTER_LABEL: &str = "multicluster.admiralty.io/target-cluster
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
 
 /// What a source's delegate-sync may do in a target: exactly the rules of the target chart
-/// (`charts/target/templates/rbac.yaml`): its delegates (create, delete, get, list, watch) and
-/// the reads placement needs (pods and nodes). No Secrets, no exec, no writes but pods.
+/// (`charts/target/templates/rbac.yaml`): its delegates (create, delete, get, list, watch), the
+/// reads placement needs (pods and nodes), and the Argo task results it keeps for delegates
+/// (get, create, patch). No Secrets, no exec, no writes but pods and task results.
 pub fn cluster_role_rules() -> Vec<PolicyRule> {
-    let rule = |resource: &str, verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![String::new()]),
+    let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_string()]),
         resources: Some(vec![resource.to_string()]),
         verbs: verbs.iter().map(|v| v.to_string()).collect(),
         ..Default::default()
     };
     vec![
-        rule("pods", &["create", "delete", "get", "list", "watch"]),
-        rule("nodes", &["get", "list", "watch"]),
+        rule("", "pods", &["create", "delete", "get", "list", "watch"]),
+        rule("", "nodes", &["get", "list", "watch"]),
+        rule(
+            "argoproj.io",
+            "workflowtaskresults",
+            &["get", "create", "patch"],
+        ),
     ]
 }
 
