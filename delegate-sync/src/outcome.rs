@@ -117,12 +117,11 @@ mod tests {
         assert_eq!(result.containers["init"].exit_code, 0);
         assert!(
             !result.containers.contains_key("wait"),
-            "never ran: the waiter fails it as a whole"
+            "never ran: its waiter reports the container that failed"
         );
-        assert_eq!(
-            result.outcome_for("wait").unwrap().exit_code,
-            contract::result::POD_FAILED_EXIT_CODE
-        );
+        let wait = result.outcome_for("wait").unwrap();
+        assert_eq!(wait.exit_code, 3);
+        assert_eq!(wait.message, "main: Error (exit code 3): disk full");
     }
 
     #[test]

@@ -589,7 +589,16 @@ fn check_result(result: &DelegateResult, extra_name: &str) {
                     }
                     None => {
                         assert_eq!(result.phase, Phase::Failed);
-                        assert_eq!(outcome.exit_code, POD_FAILED_EXIT_CODE);
+                        // Without a pod-level reason, the first container that failed speaks
+                        // for those that never ran; otherwise the pod failed as a whole.
+                        let failed = result.containers.iter().find(|(_, c)| c.exit_code != 0);
+                        match (&result.reason, failed) {
+                            (None, Some((first, c))) => {
+                                assert_eq!(outcome.exit_code, exit_status(c.exit_code));
+                                assert!(outcome.message.starts_with(&format!("{first}: ")));
+                            }
+                            _ => assert_eq!(outcome.exit_code, POD_FAILED_EXIT_CODE),
+                        }
                         assert_ne!(outcome.exit_code, 0);
                     }
                 }
