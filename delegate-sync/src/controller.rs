@@ -251,6 +251,20 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     if annotations.contains_key(RESULT) {
         return Ok(Action::await_change());
     }
+    let proxy_ref = ProxyRef {
+        cluster: context.cluster_name.clone(),
+        namespace: namespace.clone(),
+        name: proxy.name_any(),
+        uid: proxy.uid().unwrap_or_default(),
+    };
+    let delegate_name = delegate::delegate_name(&proxy_ref);
+    // An existing delegate is followed wherever it runs, whatever the proxy's annotations say
+    // now: the pod's owner may edit them, and must not move or duplicate what runs elsewhere.
+    if let Some((target, delegate)) =
+        find_delegate(&context, &proxy_ref, &delegate_name, &annotations)
+    {
+        return follow(&proxy, &api, &context, target, &delegate).await;
+    }
     let Some(sealed) = annotations.get(SOURCEPOD_MANIFEST) else {
         return Ok(Action::await_change());
     };
@@ -283,13 +297,6 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
             .await;
         }
     };
-    let proxy_ref = ProxyRef {
-        cluster: context.cluster_name.clone(),
-        namespace: namespace.clone(),
-        name: proxy.name_any(),
-        uid: proxy.uid().unwrap_or_default(),
-    };
-    let delegate_name = delegate::delegate_name(&proxy_ref);
     let target_name = match annotations.get(TARGET_CLUSTER) {
         Some(name) => name.clone(),
         None => {
@@ -380,22 +387,8 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     }
     let step = task_results::step_of(&saved);
     match target.delegate(&namespace, &delegate_name) {
-        Some(delegate) => {
-            forget_in_flight(&context, &target.name, &delegate_name);
-            if let Some(why) = stopped(&proxy) {
-                return stop_delegate(
-                    &proxy,
-                    &api,
-                    &delegate,
-                    step.as_ref(),
-                    target,
-                    &context,
-                    &why,
-                )
-                .await;
-            }
-            mirror(&proxy, &api, &delegate, step.as_ref(), target, &context).await
-        }
+        // Made since find_delegate looked (another replica, or a cache that just caught up).
+        Some(delegate) => follow(&proxy, &api, &context, target, &delegate).await,
         None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
             // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
             let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
@@ -475,6 +468,131 @@ struct Snapshot {
 }
 
 /// Places the delegate and, when a cluster is chosen, reserves its room at once.
+/// This proxy's delegate in any target's cache (its recorded target first): the deterministic
+/// name, and the proxy's uid on it (a delegate of an earlier pod of the same name is not it).
+fn find_delegate<'a>(
+    context: &'a Context,
+    proxy: &ProxyRef,
+    delegate_name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Option<(&'a Target, Arc<Pod>)> {
+    let recorded = annotations.get(TARGET_CLUSTER);
+    let (first, others): (Vec<&Target>, Vec<&Target>) = context
+        .targets
+        .iter()
+        .partition(|t| Some(&t.name) == recorded);
+    first.into_iter().chain(others).find_map(|target| {
+        let delegate = target.delegate(&proxy.namespace, delegate_name)?;
+        let ours = delegate.labels().get(delegate::PROXY_UID) == Some(&proxy.uid);
+        ours.then_some((target, delegate))
+    })
+}
+
+/// Mirrors (or stops) an existing delegate; first puts back the placement annotations if they
+/// no longer say where it runs.
+async fn follow(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    context: &Context,
+    target: &Target,
+    delegate: &Pod,
+) -> Result<Action, Error> {
+    forget_in_flight(context, &target.name, &delegate.name_any());
+    restore_placement(proxy, api, context, target, delegate).await?;
+    if let Some(down) = target.unreachable_for() {
+        return cluster_unreachable(proxy, api, target, down, context).await;
+    }
+    let step = verified_step(proxy, context).await;
+    match stopped(proxy) {
+        Some(why) => {
+            stop_delegate(proxy, api, delegate, step.as_ref(), target, context, &why).await
+        }
+        None => mirror(proxy, api, delegate, step.as_ref(), target, context).await,
+    }
+}
+
+/// Writes the target and delegate name back when the proxy's annotations disagree with where
+/// the delegate runs. A mismatch seen in the cache is checked on the live proxy first (our own
+/// last write may not be in the cache yet); a missing delegate name alone is our own unfinished
+/// work (a restart between creating the delegate and recording its name), not an edit.
+async fn restore_placement(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    context: &Context,
+    target: &Target,
+    delegate: &Pod,
+) -> Result<(), Error> {
+    let delegate_name = delegate.name_any();
+    let agrees = |p: &Pod| {
+        let a = p.annotations();
+        let target_ok = a.get(TARGET_CLUSTER) == Some(&target.name);
+        let name_ok = a.get(DELEGATE_NAME).is_none_or(|n| *n == delegate_name);
+        (
+            target_ok && name_ok,
+            target_ok && a.contains_key(DELEGATE_NAME),
+        )
+    };
+    if agrees(proxy) == (true, true) {
+        return Ok(());
+    }
+    let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+    let (consistent, complete) = agrees(&live);
+    if consistent && complete {
+        return Ok(());
+    }
+    patch_annotations(
+        api,
+        &live,
+        json!({ TARGET_CLUSTER: target.name, DELEGATE_NAME: delegate_name }),
+    )
+    .await?;
+    if !consistent {
+        let a = live.annotations();
+        let note = format!(
+            "{TARGET_CLUSTER} said {:?} and {DELEGATE_NAME} {:?}, but the delegate {delegate_name} runs in {}: put back (these annotations are delegate-sync's; editing them changes nothing)",
+            a.get(TARGET_CLUSTER),
+            a.get(DELEGATE_NAME),
+            target.name
+        );
+        publish(context, proxy, EventType::Warning, "PlacementEdited", note).await;
+    }
+    Ok(())
+}
+
+/// The Argo step of the proxy from its saved manifest, if that still verifies. One that no
+/// longer does (edited after admission, or a replica with another key) changes nothing for a
+/// delegate that already runs: it is still followed, without Argo task results.
+async fn verified_step(proxy: &Pod, context: &Context) -> Option<Step> {
+    let namespace = proxy.namespace().unwrap_or_default();
+    let sealed = proxy.annotations().get(SOURCEPOD_MANIFEST);
+    let opened = sealed
+        .ok_or_else(|| "it is missing".to_string())
+        .and_then(|sealed| {
+            context
+                .key
+                .open(&namespace, sealed)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|text| serde_json::from_str::<Value>(text).map_err(|e| e.to_string()));
+    match opened {
+        Ok(saved) => task_results::step_of(&saved),
+        Err(why) => {
+            let note = format!(
+                "the saved manifest does not verify ({why}): edited after admission, or this replica has another --manifest-key-file; the running delegate is left as it is"
+            );
+            publish(
+                context,
+                proxy,
+                EventType::Warning,
+                "ManifestKeyMismatch",
+                note,
+            )
+            .await;
+            None
+        }
+    }
+}
+
 fn why_unusable(target: &Target) -> String {
     match target.unreachable_for() {
         Some(down) => format!("not answering for {}s", down.as_secs()),

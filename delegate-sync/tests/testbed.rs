@@ -425,3 +425,107 @@ async fn a_replica_with_another_key_never_fails_a_proxy_that_is_already_placed()
         .unwrap();
     assert!(made.items.is_empty(), "nothing unverified runs");
 }
+
+#[tokio::test]
+async fn edits_of_a_running_proxys_annotations_change_nothing_and_are_reported() {
+    let env = TestEnv::get().await.unwrap();
+    let ns = env.namespace("dsync-edits").await.unwrap();
+    let _controller = Controller::start(env);
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    let in_cluster1 = ns.api::<Pod>("cluster1").await.unwrap();
+    let in_cluster2 = ns.api::<Pod>("cluster2").await.unwrap();
+    proxies
+        .create(
+            &PostParams::default(),
+            &proxy(&ns, "edited", Some("cluster2"), "12s", 4),
+        )
+        .await
+        .unwrap();
+    let name = format!("cluster1-{}-edited", ns.name);
+    let delegate = wait_for(
+        &in_cluster2,
+        &name,
+        Duration::from_secs(30),
+        |d: Option<&Pod>| phase(d) == Some("Running"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let placed = wait_for(
+        &proxies,
+        "edited",
+        Duration::from_secs(10),
+        |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(DELEGATE_NAME)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // The owner moves the proxy to cluster1, forgets its delegate and edits its manifest.
+    let sealed = placed.annotations()[SOURCEPOD_MANIFEST].replacen("v1.", "v1.AAAA", 1);
+    let edit = json!({ "metadata": { "annotations": {
+        TARGET_CLUSTER: "cluster1", DELEGATE_NAME: null, SOURCEPOD_MANIFEST: sealed,
+    }}});
+    proxies
+        .patch(
+            "edited",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+
+    let restored = wait_for(
+        &proxies,
+        "edited",
+        Duration::from_secs(30),
+        |p: Option<&Pod>| {
+            p.is_some_and(|p| {
+                p.annotations().get(TARGET_CLUSTER).map(String::as_str) == Some("cluster2")
+                    && p.annotations().get(DELEGATE_NAME) == Some(&name)
+            })
+        },
+    )
+    .await;
+    assert!(restored.is_ok(), "placement annotations are put back");
+    // It still ends with its delegate's code, from the same delegate, and nothing ran in cluster1.
+    let ended = wait_for(
+        &proxies,
+        "edited",
+        Duration::from_secs(60),
+        |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(RESULT)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        ended.annotations()[RESULT].contains("\"exitCode\":4"),
+        "{}",
+        ended.annotations()[RESULT]
+    );
+    let now = in_cluster2.get(&name).await.unwrap();
+    assert_eq!(
+        now.uid(),
+        delegate.uid(),
+        "the same delegate ran to its end"
+    );
+    assert!(
+        in_cluster1.get_opt(&name).await.unwrap().is_none(),
+        "no second delegate"
+    );
+    let events = ns.api::<Event>("cluster1").await.unwrap();
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reported in ["PlacementEdited", "ManifestKeyMismatch"] {
+        assert!(
+            reasons.iter().any(|r| r == reported),
+            "{reported}: {reasons:?}"
+        );
+    }
+}
