@@ -916,3 +916,92 @@ fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The blog's workflows (`../shared/seed/`), as its posts submitted them apart from the test
+/// bed's run-for annotation standing for `sleep 10` and a quoted `"10"` (Argo 3.7 refuses a
+/// number in `command`; the posts ran Argo 2.x).
+pub mod blog {
+    use crate::lifecycle::RUN_FOR;
+
+    /// Scenario A: ten parallel steps of 100m (plus Argo's 100m wait container), elected or not.
+    pub fn scenario_a(multicluster: bool, run_for: &str) -> String {
+        let (prefix, elect) = if multicluster {
+            (
+                "multicluster",
+                "multicluster.admiralty.io/elect: \"\"\n        ",
+            )
+        } else {
+            ("singlecluster", "")
+        };
+        format!(
+            r#"
+metadata:
+  generateName: {prefix}-parallel-
+spec:
+  entrypoint: {prefix}-parallel
+  templates:
+  - name: {prefix}-parallel
+    steps:
+    - - name: sleep
+        template: sleep
+        withItems: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  - name: sleep
+    container:
+      image: busybox
+      command: [sleep, "10"]
+      resources:
+        requests:
+          cpu: 100m # Note: Argo sidecar adds another 100m
+    metadata:
+      annotations:
+        {elect}{RUN_FOR}: {run_for}
+"#
+        )
+    }
+
+    /// Scenario B: a DAG where B must run in cluster2 and C runs after A and B.
+    pub fn scenario_b(run_for: &str) -> String {
+        format!(
+            r#"
+metadata:
+  generateName: multicluster-dag-
+spec:
+  entrypoint: multicluster-dag
+  templates:
+  - name: multicluster-dag
+    dag:
+      tasks:
+      - name: A
+        template: sleep
+      - name: B
+        template: sleep-remote
+        arguments:
+          parameters:
+          - name: clustername
+            value: cluster2 # change me
+      - name: C
+        dependencies: [A, B]
+        template: sleep
+  - name: sleep
+    container:
+      image: busybox
+      command: [sleep, "10"]
+    metadata:
+      annotations:
+        {RUN_FOR}: {run_for}
+  - name: sleep-remote
+    inputs:
+      parameters:
+      - name: clustername
+    container:
+      image: busybox
+      command: [sleep, "10"]
+    metadata:
+      annotations:
+        multicluster.admiralty.io/elect: ""
+        multicluster.admiralty.io/clustername: "{{{{inputs.parameters.clustername}}}}"
+        {RUN_FOR}: {run_for}
+"#
+        )
+    }
+}

@@ -1,8 +1,7 @@
 //! Argo Workflows through proxies, with every real piece: Argo's workflow-controller (v3.7.18)
 //! on cluster1, the webhook (TLS, registered with the apiserver) and delegate-sync (targets
-//! cluster1 itself and cluster2). Workflows are the blog's, unchanged apart from the test bed's
-//! lifecycle annotation that stands for `sleep 10` (kwok runs no containers) and a quoted
-//! `"10"`: Argo 3.7 refuses a number in `command` (the 2019 posts ran Argo 2.x).
+//! cluster1 itself and cluster2). Scenarios A and B are the blog's workflows
+//! ([`e2e::argo::blog`]), with shorter steps.
 //! Where a container would act (Argo's `wait` container writing outputs, the kubelet running
 //! Argo's kill command), the test does exactly what it would do, in the cluster where it would.
 
@@ -127,38 +126,9 @@ async fn blog_scenario_a_spreads_ten_parallel_steps_over_both_clusters() {
         return;
     };
     let started = Instant::now();
-    let name = argo::submit_yaml(
-        &client,
-        &ns.name,
-        &format!(
-            r#"
-metadata:
-  generateName: multicluster-parallel-
-spec:
-  entrypoint: multicluster-parallel
-  templates:
-  - name: multicluster-parallel
-    steps:
-    - - name: sleep
-        template: sleep
-        withItems: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-  - name: sleep
-    container:
-      image: busybox
-      command: [sleep, "10"]
-      resources:
-        requests:
-          cpu: 100m # Note: Argo sidecar adds another 100m
-    metadata:
-      annotations:
-        multicluster.admiralty.io/elect: ""
-        {run_for}: 3s
-"#,
-            run_for = lifecycle::RUN_FOR
-        ),
-    )
-    .await
-    .unwrap();
+    let name = argo::submit_yaml(&client, &ns.name, &argo::blog::scenario_a(true, "3s"))
+        .await
+        .unwrap();
     let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
         .await
         .unwrap();
@@ -189,55 +159,9 @@ async fn blog_scenario_b_runs_b_in_cluster2_and_c_after_a_and_b() {
         return;
     };
     let started = Instant::now();
-    let name = argo::submit_yaml(
-        &client,
-        &ns.name,
-        &format!(
-            r#"
-metadata:
-  generateName: multicluster-dag-
-spec:
-  entrypoint: multicluster-dag
-  templates:
-  - name: multicluster-dag
-    dag:
-      tasks:
-      - name: A
-        template: sleep
-      - name: B
-        template: sleep-remote
-        arguments:
-          parameters:
-          - name: clustername
-            value: cluster2 # change me
-      - name: C
-        dependencies: [A, B]
-        template: sleep
-  - name: sleep
-    container:
-      image: busybox
-      command: [sleep, "10"]
-    metadata:
-      annotations:
-        {run_for}: 2s
-  - name: sleep-remote
-    inputs:
-      parameters:
-      - name: clustername
-    container:
-      image: busybox
-      command: [sleep, "10"]
-    metadata:
-      annotations:
-        multicluster.admiralty.io/elect: ""
-        multicluster.admiralty.io/clustername: "{{{{inputs.parameters.clustername}}}}"
-        {run_for}: 2s
-"#,
-            run_for = lifecycle::RUN_FOR
-        ),
-    )
-    .await
-    .unwrap();
+    let name = argo::submit_yaml(&client, &ns.name, &argo::blog::scenario_b("2s"))
+        .await
+        .unwrap();
     let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
         .await
         .unwrap();

@@ -454,7 +454,6 @@ async fn collect(env: &Env, scenario: &Scenario, t0: i64) -> anyhow::Result<Vec<
         .context("cannot list the Jobs' pods")?;
     let mut runs = Vec::new();
     for pod in list.items {
-        let name = pod.metadata.name.clone().unwrap_or_default();
         let job = pod
             .metadata
             .labels
@@ -470,55 +469,7 @@ async fn collect(env: &Env, scenario: &Scenario, t0: i64) -> anyhow::Result<Vec<
             Some(index) if completions > 1 => format!("{job}({index})"),
             _ => job.to_uppercase(),
         };
-        let proxy = pod
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(contract::PROXY_LABEL))
-            .is_some_and(|v| v == "true");
-        if scenario.elected && !proxy {
-            bail!("{name} is not a proxy: the webhook did not mutate it");
-        }
-        let (cluster, worker) = if proxy {
-            let cluster = annotation(&pod, contract::TARGET_CLUSTER)
-                .with_context(|| format!("proxy {name} has no target cluster"))?
-                .to_string();
-            let delegate = annotation(&pod, contract::DELEGATE_NAME)
-                .with_context(|| format!("proxy {name} names no delegate"))?;
-            let delegates: Api<Pod> = Api::namespaced(env.client(&cluster)?, scenario.namespace);
-            let worker = delegates
-                .get(delegate)
-                .await
-                .with_context(|| format!("cannot read delegate {delegate} in {cluster}"))?;
-            (cluster, worker)
-        } else {
-            (SOURCE.to_string(), pod.clone())
-        };
-        let status = worker.status.as_ref();
-        let start = seconds(status.and_then(|s| s.start_time.as_ref()))
-            .with_context(|| format!("{name}: its pod never started"))?;
-        let end = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-            .filter_map(|t| seconds(t.finished_at.as_ref()))
-            .max()
-            .with_context(|| format!("{name}: its pod has no finished container"))?;
-        let created = seconds(pod.metadata.creation_timestamp.as_ref()).unwrap_or(start);
-        runs.push(Run {
-            step,
-            pod: name,
-            cluster,
-            node: worker
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            created: created - t0,
-            start: start - t0,
-            end: end - t0,
-        });
+        runs.push(run_of(env, scenario.namespace, scenario.elected, step, &pod, t0).await?);
     }
     let expected: i32 = scenario.jobs().map(|j| j.completions).sum();
     if runs.len() != usize::try_from(expected).unwrap_or(0) {
@@ -530,6 +481,68 @@ async fn collect(env: &Env, scenario: &Scenario, t0: i64) -> anyhow::Result<Vec<
     }
     runs.sort_by(|a, b| (a.start, &a.step).cmp(&(b.start, &b.step)));
     Ok(runs)
+}
+
+/// One step as it ran: the pod the workflow made in the source cluster and, for a proxy, its
+/// delegate in the target cluster the proxy names (where the work ran).
+pub async fn run_of(
+    env: &Env,
+    namespace: &str,
+    elected: bool,
+    step: String,
+    pod: &Pod,
+    t0: i64,
+) -> anyhow::Result<Run> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let proxy = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(contract::PROXY_LABEL))
+        .is_some_and(|v| v == "true");
+    if elected && !proxy {
+        bail!("{name} is not a proxy: the webhook did not mutate it");
+    }
+    let (cluster, worker) = if proxy {
+        let cluster = annotation(pod, contract::TARGET_CLUSTER)
+            .with_context(|| format!("proxy {name} has no target cluster"))?
+            .to_string();
+        let delegate = annotation(pod, contract::DELEGATE_NAME)
+            .with_context(|| format!("proxy {name} names no delegate"))?;
+        let delegates: Api<Pod> = Api::namespaced(env.client(&cluster)?, namespace);
+        let worker = delegates
+            .get(delegate)
+            .await
+            .with_context(|| format!("cannot read delegate {delegate} in {cluster}"))?;
+        (cluster, worker)
+    } else {
+        (SOURCE.to_string(), pod.clone())
+    };
+    let status = worker.status.as_ref();
+    let start = seconds(status.and_then(|s| s.start_time.as_ref()))
+        .with_context(|| format!("{name}: its pod never started"))?;
+    let end = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .filter_map(|t| seconds(t.finished_at.as_ref()))
+        .max()
+        .with_context(|| format!("{name}: its pod has no finished container"))?;
+    let created = seconds(pod.metadata.creation_timestamp.as_ref()).unwrap_or(start);
+    Ok(Run {
+        step,
+        pod: name,
+        cluster,
+        node: worker
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        created: created - t0,
+        start: start - t0,
+        end: end - t0,
+    })
 }
 
 /// Why a scenario is stuck or failed: each unfinished pod of the source namespace with its
