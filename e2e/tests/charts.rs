@@ -204,6 +204,8 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ClusterRoleBinding",
     "CustomResourceDefinition",
     "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "Namespace",
 ];
 
@@ -1743,5 +1745,194 @@ async fn webhook_upgrade_keeps_the_manifest_key_and_the_live_ca_bundle() -> anyh
         !gone.status.success(),
         "the registration went with the release"
     );
+    Ok(())
+}
+
+/// The delegate-sync chart's ValidatingAdmissionPolicy, applied for real (scoped to the test's
+/// namespace): edits of a proxy's own keys are refused to everyone but the chart's
+/// ServiceAccount, with a message naming them; other edits (Argo's labels) pass.
+#[tokio::test]
+async fn delegate_sync_chart_refuses_edits_of_a_proxys_keys_to_all_but_delegate_sync()
+-> anyhow::Result<()> {
+    let env = TestEnv::get().await?;
+    let version = kube_version(env).await?;
+    let scratch = Scratch::new()?;
+    let ns = env.namespace("charts-protection").await?;
+    let mut values = delegate_sync_values(json!([{ "name": "cluster1", "self": true }]));
+    merge(
+        &mut values,
+        json!({ "proxyProtection": { "namespaceSelector": {
+            "matchLabels": { "kubernetes.io/metadata.name": ns.name } } } }),
+    );
+    let docs = render(&scratch, "delegate-sync", "mc", &ns.name, &version, &values)?;
+    let policy_name = format!("{}-mc-delegate-sync-proxies", ns.name);
+    let applied: Vec<&Value> = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    .iter()
+    .map(|kind| find(&docs, kind, &policy_name))
+    .chain([find(&docs, "ServiceAccount", "mc-delegate-sync")])
+    .collect::<anyhow::Result<_>>()?;
+    let _cleanup = ClusterScoped {
+        env,
+        context: "cluster1",
+        objects: vec![
+            format!("validatingadmissionpolicybinding/{policy_name}"),
+            format!("validatingadmissionpolicy/{policy_name}"),
+        ],
+    };
+    let file = scratch.write(
+        "protection.json",
+        &json!({ "apiVersion": "v1", "kind": "List", "items": applied }).to_string(),
+    )?;
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &[
+                "-n",
+                &ns.name,
+                "apply",
+                "--server-side",
+                "-f",
+                file.to_str().context("path")?,
+            ],
+        )?,
+        "applying the policy",
+    )?;
+    // Pods of the namespace are this test's; the chart's ServiceAccount may edit them.
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &[
+                "-n",
+                &ns.name,
+                "create",
+                "rolebinding",
+                "edit-pods",
+                "--clusterrole=edit",
+                &format!("--serviceaccount={}:mc-delegate-sync", ns.name),
+            ],
+        )?,
+        "granting the ServiceAccount pod edits",
+    )?;
+    let proxy = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "proxy", "namespace": ns.name,
+        "labels": { contract::PROXY_LABEL: "true" },
+        "annotations": { contract::TARGET_CLUSTER: "cluster2", contract::SOURCEPOD_MANIFEST: "v1.x.y" },
+        "finalizers": [contract::CLEANUP_FINALIZER],
+    }, "spec": { "containers": [{ "name": "main", "image": "proxy-waiter" }] } });
+    let pod_file = scratch.write("proxy.json", &proxy.to_string())?;
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &["create", "-f", pod_file.to_str().context("path")?],
+        )?,
+        "creating the proxy",
+    )?;
+
+    let admin_patch = |patch: Value| {
+        kubectl(
+            env,
+            "cluster1",
+            &[
+                "-n",
+                &ns.name,
+                "patch",
+                "pod",
+                "proxy",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ],
+        )
+    };
+    let move_to = |cluster: String| json!({ "metadata": { "annotations": { contract::TARGET_CLUSTER: cluster } } });
+    // A new policy takes a moment to be enforced: edit until refused, each time to a new value
+    // (an update that changes nothing is never refused).
+    let mut refused = None;
+    for attempt in 0..100 {
+        let out = admin_patch(move_to(format!("elsewhere-{attempt}")))?;
+        if !out.status.success() {
+            refused = Some(text(&out));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = refused.context("the policy never refused an edit of target-cluster")?;
+    ensure!(
+        refused.contains("multicluster.admiralty.io/target-cluster")
+            && refused.contains("belong to delegate-sync"),
+        "{refused}"
+    );
+    for (what, patch) in [
+        (
+            "the saved manifest",
+            json!({ "metadata": { "annotations": { contract::SOURCEPOD_MANIFEST: "v1.a.b" } } }),
+        ),
+        (
+            "a forged result",
+            json!({ "metadata": { "annotations": { contract::RESULT: "{}" } } }),
+        ),
+        (
+            "the proxy label",
+            json!({ "metadata": { "labels": { contract::PROXY_LABEL: null } } }),
+        ),
+        ("the finalizer", json!({ "metadata": { "finalizers": [] } })),
+    ] {
+        let out = admin_patch(patch)?;
+        ensure!(!out.status.success(), "{what}: an edit was allowed");
+        ensure!(
+            text(&out).contains("delegate-sync"),
+            "{what}: {}",
+            text(&out)
+        );
+    }
+    succeed(
+        admin_patch(
+            json!({ "metadata": { "labels": { "workflows.argoproj.io/completed": "true" } } }),
+        )?,
+        "Argo's label",
+    )?;
+
+    // delegate-sync itself edits them.
+    let kubeconfig = env
+        .testbed()?
+        .service_account_kubeconfig(
+            "cluster1",
+            &ns.name,
+            "mc-delegate-sync",
+            Duration::from_secs(600),
+        )
+        .await?;
+    let sa_file = scratch.write("sa.kubeconfig", &kubeconfig)?;
+    let as_delegate_sync = |patch: Value| {
+        Command::new(tool("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&sa_file)
+            .args([
+                "-n",
+                &ns.name,
+                "patch",
+                "pod",
+                "proxy",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ])
+            .output()
+            .context("cannot run kubectl")
+    };
+    succeed(
+        as_delegate_sync(move_to("cluster2".into()))?,
+        "delegate-sync placing the proxy",
+    )?;
+    succeed(
+        as_delegate_sync(json!({ "metadata": { "finalizers": [] } }))?,
+        "delegate-sync releasing the finalizer",
+    )?;
     Ok(())
 }
