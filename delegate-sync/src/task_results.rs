@@ -19,7 +19,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt as _,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
 use serde_json::{Map, Value, json};
 
@@ -126,8 +126,10 @@ pub async fn fetch(
 }
 
 /// Copies the delegate's result to the proxy's namespace, owned by the proxy's Workflow. A copy
-/// marked complete is final: a pass working from caches that lag behind (a delegate still
-/// running there) must not make Argo wait again or bring back older outputs.
+/// marked complete is final, and every write is conditional on the version read (a create on
+/// none): a pass working from caches that lag behind (a delegate still running there), or
+/// another replica, must never make Argo wait again or bring back older outputs. A conflict is
+/// an error: the caller's next pass writes again.
 pub async fn mirror(
     source: &Client,
     proxy: &Pod,
@@ -137,19 +139,30 @@ pub async fn mirror(
 ) -> Result<(), kube::Error> {
     let namespace = proxy.namespace().unwrap_or_default();
     let mirrors = api(source, &namespace);
-    if let Some(mirrored) = mirrors.get_opt(&step.node_id).await?
-        && is_complete(&mirrored)
-    {
-        return Ok(());
+    let mut wanted = mirrored_result(proxy, step, found, delegate_ended);
+    match mirrors.get_opt(&step.node_id).await? {
+        Some(current) if is_complete(&current) => Ok(()),
+        Some(current) => {
+            wanted["metadata"]["resourceVersion"] = json!(current.resource_version());
+            mirrors
+                .patch(
+                    &step.node_id,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(wanted),
+                )
+                .await
+                .map(drop)
+        }
+        None => {
+            let first: DynamicObject =
+                serde_json::from_value(wanted).map_err(kube::Error::SerdeError)?;
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            mirrors.create(&params, &first).await.map(drop)
+        }
     }
-    mirrors
-        .patch(
-            &step.node_id,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(mirrored_result(proxy, step, found, delegate_ended)),
-        )
-        .await
-        .map(drop)
 }
 
 fn is_complete(result: &DynamicObject) -> bool {
