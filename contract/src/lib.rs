@@ -10,6 +10,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod argo;
 pub mod downward;
 #[cfg(feature = "integrity")]
 pub mod manifest;

@@ -53,14 +53,10 @@ pub const PROCESS_NAME: &str = "workflow-controller";
 /// writes its outputs there.
 pub const TASK_RESULT_CRD_FILE: &str = "argoproj.io_workflowtaskresults.yaml";
 
-/// Label of step pods and task results naming their Workflow.
-pub const LABEL_WORKFLOW: &str = "workflows.argoproj.io/workflow";
-/// Label of a task result: "false" while its executor is still reporting, then "true".
-pub const LABEL_REPORT_OUTPUTS_COMPLETED: &str = "workflows.argoproj.io/report-outputs-completed";
-/// Annotation of a step pod: the ID of its node (and the name of its task result).
-pub const ANNOTATION_NODE_ID: &str = "workflows.argoproj.io/node-id";
-/// Annotation of a step pod: the name of its node, e.g. `wf[0].a`.
-pub const ANNOTATION_NODE_NAME: &str = "workflows.argoproj.io/node-name";
+pub use contract::argo::{
+    NODE_ID as ANNOTATION_NODE_ID, NODE_NAME as ANNOTATION_NODE_NAME,
+    OUTPUTS_COMPLETED_LABEL as LABEL_REPORT_OUTPUTS_COMPLETED, WORKFLOW_LABEL as LABEL_WORKFLOW,
+};
 
 const FIELD_MANAGER: &str = "e2e-argo";
 const RBAC_YAML: &str = include_str!("../testbed/argo/rbac.yaml");
