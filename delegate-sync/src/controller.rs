@@ -13,7 +13,8 @@ use tokio::sync::Notify;
 
 use contract::{
     CLEANUP_FINALIZER, CLUSTER_NAME, DELEGATE_NAME, PROXY_LABEL, RESULT, SOURCEPOD_MANIFEST,
-    TARGET_CLUSTER, is_own_key, manifest::ManifestKey, result::DelegateResult,
+    TARGET_CLUSTER, argo::POD_COMPLETED_LABEL, is_own_key, manifest::ManifestKey,
+    result::DelegateResult,
 };
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
@@ -38,9 +39,6 @@ use crate::{
     targets::{Signals, Target, bounded},
     task_results::{self, Step},
 };
-
-/// Argo's label on step pods it is done with (`workflows.argoproj.io/completed`).
-const ARGO_COMPLETED: &str = "workflows.argoproj.io/completed";
 
 /// Why a reconciliation failed (it is retried with a delay per kind).
 #[derive(Debug, thiserror::Error)]
@@ -263,27 +261,15 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     if let Some((target, delegate)) =
         find_delegate(&context, &proxy_ref, &delegate_name, &annotations)
     {
-        return follow(&proxy, &api, &context, target, &delegate).await;
+        let step = verified_step(&proxy, &context).await;
+        return follow(&proxy, &api, &context, target, &delegate, step).await;
     }
     let Some(sealed) = annotations.get(SOURCEPOD_MANIFEST) else {
         return Ok(Action::await_change());
     };
-    let saved: Value = match context
-        .key
-        .open(&namespace, sealed)
-        .map(serde_json::from_str::<Value>)
-    {
-        Ok(Ok(saved)) => saved,
-        Ok(Err(e)) => {
-            return reject(
-                &proxy,
-                &api,
-                &context,
-                &format!("the saved manifest is not valid JSON: {e}"),
-            )
-            .await;
-        }
-        Err(e) => return reject(&proxy, &api, &context, &e.to_string()).await,
+    let saved = match open_manifest(&context, &namespace, sealed) {
+        Ok(saved) => saved,
+        Err(why) => return reject(&proxy, &api, &context, &why).await,
     };
     let spec: PodSpec = match serde_json::from_value(saved["spec"].clone()) {
         Ok(spec) => spec,
@@ -313,26 +299,16 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
                 Placement::Cluster(name) => {
                     // Only on the proxy as we saw it: another replica that decided meanwhile wins,
                     // and this one follows its decision on the next pass.
-                    let decision = json!({ "metadata": {
-                        "resourceVersion": proxy.resource_version(),
-                        "annotations": { TARGET_CLUSTER: name },
-                    }});
-                    match api
-                        .patch(
-                            &proxy.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(decision),
-                        )
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(e) if api_code(&e) == Some(409) => {
+                    let decision = json!({ TARGET_CLUSTER: name });
+                    match patch_annotations_at(&api, &proxy, decision).await {
+                        Ok(true) => {}
+                        Ok(false) => {
                             forget_in_flight(&context, &name, &delegate_name);
                             return Ok(Action::requeue(Duration::from_millis(100)));
                         }
                         Err(e) => {
                             forget_in_flight(&context, &name, &delegate_name);
-                            return Err(Error::Source(e));
+                            return Err(e);
                         }
                     }
                     context
@@ -388,7 +364,7 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     let step = task_results::step_of(&saved);
     match target.delegate(&namespace, &delegate_name) {
         // Made since find_delegate looked (another replica, or a cache that just caught up).
-        Some(delegate) => follow(&proxy, &api, &context, target, &delegate).await,
+        Some(delegate) => follow(&proxy, &api, &context, target, &delegate, step).await,
         None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
             // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
             let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
@@ -496,13 +472,13 @@ async fn follow(
     context: &Context,
     target: &Target,
     delegate: &Pod,
+    step: Option<Step>,
 ) -> Result<Action, Error> {
     forget_in_flight(context, &target.name, &delegate.name_any());
     restore_placement(proxy, api, context, target, delegate).await?;
     if let Some(down) = target.unreachable_for() {
         return cluster_unreachable(proxy, api, target, down, context).await;
     }
-    let step = verified_step(proxy, context).await;
     match stopped(proxy) {
         Some(why) => {
             stop_delegate(proxy, api, delegate, step.as_ref(), target, context, &why).await
@@ -540,12 +516,10 @@ async fn restore_placement(
     if consistent && complete {
         return Ok(());
     }
-    patch_annotations(
-        api,
-        &live,
-        json!({ TARGET_CLUSTER: target.name, DELEGATE_NAME: delegate_name }),
-    )
-    .await?;
+    let placement = json!({ TARGET_CLUSTER: target.name, DELEGATE_NAME: delegate_name });
+    if !patch_annotations_at(api, &live, placement).await? {
+        return Ok(()); // Changed meanwhile: the next pass looks again.
+    }
     if !consistent {
         let a = live.annotations();
         let note = format!(
@@ -564,16 +538,10 @@ async fn restore_placement(
 /// delegate that already runs: it is still followed, without Argo task results.
 async fn verified_step(proxy: &Pod, context: &Context) -> Option<Step> {
     let namespace = proxy.namespace().unwrap_or_default();
-    let sealed = proxy.annotations().get(SOURCEPOD_MANIFEST);
-    let opened = sealed
-        .ok_or_else(|| "it is missing".to_string())
-        .and_then(|sealed| {
-            context
-                .key
-                .open(&namespace, sealed)
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|text| serde_json::from_str::<Value>(text).map_err(|e| e.to_string()));
+    let opened = match proxy.annotations().get(SOURCEPOD_MANIFEST) {
+        Some(sealed) => open_manifest(context, &namespace, sealed),
+        None => Err("it is missing".into()),
+    };
     match opened {
         Ok(saved) => task_results::step_of(&saved),
         Err(why) => {
@@ -591,6 +559,15 @@ async fn verified_step(proxy: &Pod, context: &Context) -> Option<Step> {
             None
         }
     }
+}
+
+/// The saved manifest, verified with the key and bound to `namespace`, as JSON.
+fn open_manifest(context: &Context, namespace: &str, sealed: &str) -> Result<Value, String> {
+    let text = context
+        .key
+        .open(namespace, sealed)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(text).map_err(|e| format!("the saved manifest is not valid JSON: {e}"))
 }
 
 fn why_unusable(target: &Target) -> String {
@@ -820,23 +797,8 @@ async fn record_result(
     if live.annotations().contains_key(RESULT) {
         return Ok(Action::await_change());
     }
-    let write = json!({ "metadata": {
-        "resourceVersion": live.resource_version(),
-        "annotations": { RESULT: result.encode() },
-    }});
-    match api
-        .patch(
-            &proxy.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(write),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if api_code(&e) == Some(409) => {
-            return Ok(Action::requeue(Duration::from_millis(100)));
-        }
-        Err(e) => return Err(Error::Source(e)),
+    if !patch_annotations_at(api, &live, json!({ RESULT: result.encode() })).await? {
+        return Ok(Action::requeue(Duration::from_millis(100)));
     }
     publish(context, proxy, type_, reason, note).await;
     Ok(Action::await_change())
@@ -944,8 +906,8 @@ fn stopped(proxy: &Pod) -> Option<String> {
             return killed;
         }
     }
-    (proxy.labels().get(ARGO_COMPLETED).map(String::as_str) == Some("true"))
-        .then(|| format!("Argo labelled the proxy {ARGO_COMPLETED}=true while it ran"))
+    (proxy.labels().get(POD_COMPLETED_LABEL).map(String::as_str) == Some("true"))
+        .then(|| format!("Argo labelled the proxy {POD_COMPLETED_LABEL}=true while it ran"))
 }
 
 /// Deletes a stopped proxy's delegate in its cluster (with its grace period, like a kubelet
@@ -1183,6 +1145,31 @@ fn api_code(error: &kube::Error) -> Option<u16> {
     match error {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
+    }
+}
+
+/// Like [`patch_annotations`], only if the proxy is still at `proxy`'s resourceVersion: false
+/// when it changed meanwhile (its next pass decides again on what it is now).
+async fn patch_annotations_at(
+    api: &Api<Pod>,
+    proxy: &Pod,
+    annotations: Value,
+) -> Result<bool, Error> {
+    let patch = json!({ "metadata": {
+        "resourceVersion": proxy.resource_version(),
+        "annotations": annotations,
+    }});
+    match api
+        .patch(
+            &proxy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if api_code(&e) == Some(409) => Ok(false),
+        Err(e) => Err(Error::Source(e)),
     }
 }
 

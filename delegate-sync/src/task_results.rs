@@ -26,9 +26,7 @@ use serde_json::{Map, Value, json};
 use crate::delegate::{DELEGATE_LABEL, PROXY_CLUSTER};
 
 /// Argo's labels and annotation (`workflow/common/common.go`).
-pub const WORKFLOW_LABEL: &str = "workflows.argoproj.io/workflow";
-pub const COMPLETED_LABEL: &str = "workflows.argoproj.io/report-outputs-completed";
-pub const NODE_ID: &str = "workflows.argoproj.io/node-id";
+pub use contract::argo::{NODE_ID, OUTPUTS_COMPLETED_LABEL as COMPLETED_LABEL, WORKFLOW_LABEL};
 
 const FIELD_MANAGER: &str = "delegate-sync";
 
@@ -41,10 +39,9 @@ pub struct Step {
 
 /// The step, from the saved manifest's annotations and labels; None for pods Argo did not make.
 pub fn step_of(saved: &Value) -> Option<Step> {
-    let text = |pointer: &str| saved.pointer(pointer).and_then(Value::as_str);
-    // JSON pointers escape '/' in keys as '~1'.
-    let node_id = text("/metadata/annotations/workflows.argoproj.io~1node-id")?;
-    let workflow = text("/metadata/labels/workflows.argoproj.io~1workflow")?;
+    let text = |map: &str, key: &str| saved.get("metadata")?.get(map)?.get(key)?.as_str();
+    let node_id = text("annotations", NODE_ID)?;
+    let workflow = text("labels", WORKFLOW_LABEL)?;
     Some(Step {
         node_id: node_id.to_string(),
         workflow: workflow.to_string(),
@@ -141,7 +138,7 @@ pub async fn mirror(
     let mirrors = api(source, &namespace);
     let mut wanted = mirrored_result(proxy, step, found, delegate_ended);
     match mirrors.get_opt(&step.node_id).await? {
-        Some(current) if is_complete(&current) => Ok(()),
+        Some(current) if is_complete(&current) || says_already(&current, &wanted) => Ok(()),
         Some(current) => {
             wanted["metadata"]["resourceVersion"] = json!(current.resource_version());
             mirrors
@@ -163,6 +160,30 @@ pub async fn mirror(
             mirrors.create(&params, &first).await.map(drop)
         }
     }
+}
+
+/// True when the copy holds what `wanted` would write (labels, owners, node result): a running
+/// step's result is mirrored on every pass, and most passes have nothing new.
+fn says_already(current: &DynamicObject, wanted: &Value) -> bool {
+    let labels = current.labels();
+    let same_labels = wanted["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let owners: Vec<Value> = current
+        .owner_references()
+        .iter()
+        .map(|o| json!({ "apiVersion": o.api_version, "kind": o.kind, "name": o.name, "uid": o.uid }))
+        .collect();
+    let same_owners = wanted["metadata"]["ownerReferences"] == json!(owners);
+    let same_result = wanted
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+        .all(|(k, v)| current.data.get(k) == Some(v));
+    same_labels && same_owners && same_result
 }
 
 fn is_complete(result: &DynamicObject) -> bool {
@@ -288,5 +309,10 @@ mod tests {
         assert_eq!(running["phase"], "Succeeded");
         let ended = mirrored_result(&proxy, &step(), &found, true);
         assert_eq!(ended["metadata"]["labels"][COMPLETED_LABEL], "true");
+
+        // A copy that holds all this needs no write; one that lacks the end does.
+        let copy: DynamicObject = serde_json::from_value(running.clone()).unwrap();
+        assert!(says_already(&copy, &running));
+        assert!(!says_already(&copy, &ended));
     }
 }
