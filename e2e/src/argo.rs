@@ -707,6 +707,58 @@ pub async fn pods(client: &Client, namespace: &str, workflow: &str) -> anyhow::R
         .items)
 }
 
+/// The step a pod runs, from its node name: `a` for `wf[0].a`, `sleep(3:3)` for
+/// `wf[0].sleep(3:3)`, `A` for `wf.A` (the workflow's name for a one-step workflow).
+pub fn step_name(pod: &Pod) -> Option<&str> {
+    pod.annotations()
+        .get(ANNOTATION_NODE_NAME)?
+        .rsplit('.')
+        .next()
+}
+
+/// The first step pod of `workflow` that `pick` accepts, once there is one; after `timeout`,
+/// an error with the workflow's status.
+pub async fn wait_for_pod(
+    client: &Client,
+    namespace: &str,
+    workflow: &str,
+    timeout: Duration,
+    pick: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<Pod> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(pod) = pods(client, namespace, workflow)
+            .await?
+            .into_iter()
+            .find(|p| pick(p))
+        {
+            return Ok(pod);
+        }
+        if Instant::now() > deadline {
+            let status = status(client, namespace, workflow).await?;
+            bail!(
+                "no such pod of {workflow} after {timeout:?}: {:#}",
+                status.raw
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The pod of `workflow` that runs `step` (see [`step_name`]), once it exists.
+pub async fn wait_for_step_pod(
+    client: &Client,
+    namespace: &str,
+    workflow: &str,
+    step: &str,
+    timeout: Duration,
+) -> anyhow::Result<Pod> {
+    wait_for_pod(client, namespace, workflow, timeout, |p| {
+        step_name(p) == Some(step)
+    })
+    .await
+}
+
 /// Plays the executor of one step pod (Argo's `wait` container, `workflow/executor/` of the
 /// release), writing the task result in the cluster and namespace of `client`: the
 /// WorkflowTaskResult named after the node, labelled with its Workflow and "outputs not yet

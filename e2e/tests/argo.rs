@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{
     TestEnv,
-    argo::{self, ANNOTATION_NODE_ID, ANNOTATION_NODE_NAME},
+    argo::{self, ANNOTATION_NODE_ID},
     lifecycle,
     support::wait_for,
 };
@@ -173,7 +173,9 @@ spec:
     .await
     .unwrap();
 
-    let pod_a = wait_for_step_pod(&client, &ns.name, &name, "a").await;
+    let pod_a = argo::wait_for_step_pod(&client, &ns.name, &name, "a", TIMEOUT)
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     wait_for(&pods, &pod_a.name_any(), TIMEOUT, is_pod_running())
         .await
@@ -231,7 +233,9 @@ spec:
         "{:#}",
         status.raw
     );
-    let pod_b = wait_for_step_pod(&client, &ns.name, &name, "b").await;
+    let pod_b = argo::wait_for_step_pod(&client, &ns.name, &name, "b", TIMEOUT)
+        .await
+        .unwrap();
     let main = pod_b
         .spec
         .unwrap()
@@ -323,25 +327,4 @@ async fn stop_runs_the_exit_handler_and_terminate_does_not() {
             .is_err_and(|e| e.to_string().contains("completed")),
         "{refused:?}"
     );
-}
-
-/// The pod of step `step` (node name `<workflow>[i].<step>`), once it exists.
-async fn wait_for_step_pod(client: &Client, namespace: &str, workflow: &str, step: &str) -> Pod {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let pods = argo::pods(client, namespace, workflow).await.unwrap();
-        if let Some(pod) = pods.into_iter().find(|p| {
-            p.annotations()
-                .get(ANNOTATION_NODE_NAME)
-                .is_some_and(|n| n.ends_with(&format!(".{step}")))
-        }) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pod for step {step} of {workflow}: {:#}",
-            argo::status(client, namespace, workflow).await.unwrap().raw
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -77,28 +77,6 @@ async fn delegates_per_cluster(ns: &TestNamespace) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The step pod of `workflow` whose node is displayed as `step` (e.g. `a`), once it exists.
-async fn step_pod(client: &Client, ns: &str, workflow: &str, step: &str) -> Pod {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let pods = argo::pods(client, ns, workflow).await.unwrap();
-        if let Some(pod) = pods.into_iter().find(|p| {
-            p.annotations()
-                .get(argo::ANNOTATION_NODE_NAME)
-                .is_some_and(|n| {
-                    n.ends_with(&format!(".{step}")) || n.ends_with(&format!("({step})"))
-                })
-        }) {
-            return pod;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pod for step {step} of {workflow}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The delegate of a proxy, once delegate-sync made it: (cluster, delegate).
 async fn delegate_of(ns: &TestNamespace, proxy: &str) -> (String, Pod) {
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
@@ -287,7 +265,9 @@ spec:
 
     // Step a's delegate runs in cluster2; there its wait container reports the output, as
     // Argo's executor does, into the task result delegate-sync keeps there; then it ends.
-    let proxy_a = step_pod(&client, &ns.name, &name, "a").await;
+    let proxy_a = argo::wait_for_step_pod(&client, &ns.name, &name, "a", TIMEOUT)
+        .await
+        .unwrap();
     let (cluster, delegate) = delegate_of(&ns, &proxy_a.name_any()).await;
     assert_eq!(cluster, "cluster2");
     let workflow_uid = argo::workflows(&client, &ns.name)
@@ -332,7 +312,9 @@ spec:
         "{:#}",
         status.raw
     );
-    let pod_b = step_pod(&client, &ns.name, &name, "b").await;
+    let pod_b = argo::wait_for_step_pod(&client, &ns.name, &name, "b", TIMEOUT)
+        .await
+        .unwrap();
     let main = pod_b
         .spec
         .unwrap()
@@ -400,7 +382,9 @@ spec:
     let delegates = ns.api::<Pod>("cluster2").await.unwrap();
     let mut running = BTreeMap::new();
     for wf in [&terminated, &deleted] {
-        let proxy = first_pod(&client, &ns.name, wf).await;
+        let proxy = argo::wait_for_pod(&client, &ns.name, wf, TIMEOUT, |_| true)
+            .await
+            .unwrap();
         // Argo will exec this into each running container to stop it.
         for container in ["main", "wait"] {
             assert_eq!(
@@ -470,21 +454,4 @@ spec:
     wait_for(&proxies, proxy, TIMEOUT, |p: Option<&Pod>| p.is_none())
         .await
         .unwrap();
-}
-
-/// The first pod of a one-step workflow, once it exists.
-async fn first_pod(client: &Client, ns: &str, workflow: &str) -> Pod {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(pod) = argo::pods(client, ns, workflow)
-            .await
-            .unwrap()
-            .into_iter()
-            .next()
-        {
-            return pod;
-        }
-        assert!(Instant::now() < deadline, "no pod for {workflow}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

@@ -19,55 +19,43 @@ pub struct ArgoScenario {
 
 /// The blog's scenario A on one cluster and on two, and scenario B, each step running 10 s.
 pub fn scenarios() -> Vec<ArgoScenario> {
+    let scenario = |key, namespace, title, elected, blog, workflow| ArgoScenario {
+        scenario: Scenario {
+            key,
+            title,
+            namespace,
+            elected,
+            phases: Vec::new(),
+            blog,
+        },
+        workflow,
+    };
     vec![
-        ArgoScenario {
-            scenario: argo_scenario(
-                "argo-a-single",
-                "Argo, scenario A, single cluster",
-                false,
-                "1 min 16 s, 4 waves",
-            ),
-            workflow: argo::blog::scenario_a(false, "10s"),
-        },
-        ArgoScenario {
-            scenario: argo_scenario(
-                "argo-a-multi",
-                "Argo, scenario A, multicluster",
-                true,
-                "31 s, 2 waves",
-            ),
-            workflow: argo::blog::scenario_a(true, "10s"),
-        },
-        ArgoScenario {
-            scenario: argo_scenario(
-                "argo-b",
-                "Argo, scenario B, multicluster DAG (B pinned to cluster2)",
-                true,
-                "26 s",
-            ),
-            workflow: argo::blog::scenario_b("10s"),
-        },
+        scenario(
+            "argo-a-single",
+            "demo-argo-a-single",
+            "Argo, scenario A, single cluster",
+            false,
+            "1 min 16 s, 4 waves",
+            argo::blog::scenario_a(false, "10s"),
+        ),
+        scenario(
+            "argo-a-multi",
+            "demo-argo-a-multi",
+            "Argo, scenario A, multicluster",
+            true,
+            "31 s, 2 waves",
+            argo::blog::scenario_a(true, "10s"),
+        ),
+        scenario(
+            "argo-b",
+            "demo-argo-b",
+            "Argo, scenario B, multicluster DAG (B pinned to cluster2)",
+            true,
+            "26 s",
+            argo::blog::scenario_b("10s"),
+        ),
     ]
-}
-
-fn argo_scenario(
-    key: &'static str,
-    title: &'static str,
-    elected: bool,
-    blog: &'static str,
-) -> Scenario {
-    Scenario {
-        key,
-        title,
-        namespace: match key {
-            "argo-a-single" => "demo-argo-a-single",
-            "argo-a-multi" => "demo-argo-a-multi",
-            _ => "demo-argo-b",
-        },
-        elected,
-        phases: Vec::new(),
-        blog,
-    }
 }
 
 /// Installs Argo in the source cluster (the task-result CRD in the targets) and starts its
@@ -143,14 +131,7 @@ pub async fn run(
     }
     let mut runs = Vec::new();
     for pod in argo::pods(&client, namespace, &name).await? {
-        let step = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(argo::ANNOTATION_NODE_NAME))
-            .and_then(|n| n.rsplit('.').next())
-            .unwrap_or_default()
-            .to_string();
+        let step = argo::step_name(&pod).unwrap_or_default().to_string();
         // Only the elected steps must have become proxies (scenario B elects B alone).
         let elected = pod
             .metadata
