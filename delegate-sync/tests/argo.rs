@@ -127,15 +127,7 @@ async fn task_results_are_kept_in_the_target_and_mirrored_before_the_proxy_ends(
         .await
         .unwrap();
     let delegate_name = format!("cluster1-{}-wf-a", ns.name);
-    let delegate = wait_for(
-        &delegates,
-        &delegate_name,
-        Duration::from_secs(30),
-        |d: Option<&Pod>| phase(d) == Some("Running"),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let delegate = until_running(&delegates, &delegate_name, Duration::from_secs(30)).await;
 
     // Claimed before the executor writes: owned by the delegate, so its cluster keeps it.
     let claimed = wait_for(
@@ -156,15 +148,7 @@ async fn task_results_are_kept_in_the_target_and_mirrored_before_the_proxy_ends(
     assert_eq!(claimed.labels()[WORKFLOW_LABEL], "wf");
     play_executor(&in_target, node_id, "wf", "42").await;
 
-    let ended = wait_for(
-        &proxies,
-        "wf-a",
-        Duration::from_secs(60),
-        |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(RESULT)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let ended = until_result(&proxies, "wf-a", Duration::from_secs(60)).await;
     assert!(
         ended.annotations()[RESULT].contains("Succeeded"),
         "{}",
@@ -217,14 +201,7 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
             .await
             .unwrap();
         let delegate_name = format!("cluster1-{}-{name}", ns.name);
-        wait_for(
-            &delegates,
-            &delegate_name,
-            Duration::from_secs(30),
-            |d: Option<&Pod>| phase(d) == Some("Running"),
-        )
-        .await
-        .unwrap();
+        until_running(&delegates, &delegate_name, Duration::from_secs(30)).await;
     }
     // What the kubelet reports once Argo's kill command (`proxy-waiter kill 15`) ended `main`.
     let killed = json!({ "status": { "containerStatuses": [{
@@ -261,15 +238,7 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
         )
         .await
         .unwrap_or_else(|e| panic!("{name}: the delegate was not stopped: {e}"));
-        let proxy = wait_for(
-            &proxies,
-            name,
-            Duration::from_secs(10),
-            |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(RESULT)),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let proxy = until_result(&proxies, name, Duration::from_secs(10)).await;
         let result = &proxy.annotations()[RESULT];
         assert!(
             result.contains("Stopped") && result.contains("143"),

@@ -194,14 +194,7 @@ async fn annotations_are_mirrored_and_a_lost_delegate_fails_the_proxy() {
         .await
         .unwrap();
     let name = format!("cluster1-{}-long", ns.name);
-    wait_for(
-        &delegates,
-        &name,
-        Duration::from_secs(30),
-        |d: Option<&Pod>| phase(d) == Some("Running"),
-    )
-    .await
-    .unwrap();
+    until_running(&delegates, &name, Duration::from_secs(30)).await;
 
     // Argo 2.x writes its outputs as an annotation of the pod: they must reach the proxy.
     let outputs = json!({ "metadata": { "annotations": { "workflows.argoproj.io/outputs": "{\"result\":\"42\"}" } } });
@@ -442,15 +435,7 @@ async fn edits_of_a_running_proxys_annotations_change_nothing_and_are_reported()
         .await
         .unwrap();
     let name = format!("cluster1-{}-edited", ns.name);
-    let delegate = wait_for(
-        &in_cluster2,
-        &name,
-        Duration::from_secs(30),
-        |d: Option<&Pod>| phase(d) == Some("Running"),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let delegate = until_running(&in_cluster2, &name, Duration::from_secs(30)).await;
     let placed = wait_for(
         &proxies,
         "edited",
@@ -489,15 +474,7 @@ async fn edits_of_a_running_proxys_annotations_change_nothing_and_are_reported()
     .await;
     assert!(restored.is_ok(), "placement annotations are put back");
     // It still ends with its delegate's code, from the same delegate, and nothing ran in cluster1.
-    let ended = wait_for(
-        &proxies,
-        "edited",
-        Duration::from_secs(60),
-        |p: Option<&Pod>| p.is_some_and(|p| p.annotations().contains_key(RESULT)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let ended = until_result(&proxies, "edited", Duration::from_secs(60)).await;
     assert!(
         ended.annotations()[RESULT].contains("\"exitCode\":4"),
         "{}",

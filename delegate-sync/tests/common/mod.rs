@@ -218,3 +218,23 @@ pub async fn admin_get(address: std::net::SocketAddr, path: &str) -> (String, St
     }
     panic!("admin port {address} never answered")
 }
+
+/// The pod once it runs (a delegate, say); panics after `timeout`.
+pub async fn until_running(api: &kube::Api<Pod>, name: &str, timeout: Duration) -> Pod {
+    e2e::support::wait_for(api, name, timeout, |p: Option<&Pod>| {
+        phase(p) == Some("Running")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name} never ran: {e}"))
+    .unwrap_or_else(|| panic!("{name} is gone"))
+}
+
+/// The proxy once delegate-sync recorded its result; panics after `timeout`.
+pub async fn until_result(api: &kube::Api<Pod>, name: &str, timeout: Duration) -> Pod {
+    e2e::support::wait_for(api, name, timeout, |p: Option<&Pod>| {
+        p.is_some_and(|p| kube::ResourceExt::annotations(p).contains_key(contract::RESULT))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{name} got no result: {e}"))
+    .unwrap_or_else(|| panic!("{name} is gone"))
+}
