@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 
 use crate::{
     support::{unique_name, wait_for},
-    testbed::{TOOLS_BIN_ENV, Testbed, workspace_target_dir},
+    testbed::{TOOLS_BIN_ENV, Testbed, process, workspace_target_dir},
 };
 
 /// The Argo Workflows release the test bed builds (`e2e/tools/argo/go.mod`).
@@ -392,7 +392,8 @@ fn spawn_supervised(
 /// Adds (or replaces) the controller's record among its cluster's processes in `state.json`,
 /// so `testbed down` stops it with the rest of the bed.
 fn record(dir: &Path, cluster: &str, pid: i32, log: &Path) -> anyhow::Result<()> {
-    let start_ticks = start_ticks(pid).context("the workflow-controller exited at once")?;
+    let start_ticks =
+        process::start_ticks(pid).context("the workflow-controller exited at once")?;
     update_records(dir, cluster, |processes| {
         processes.push(json!({
             "name": PROCESS_NAME, "pid": pid, "log": log, "start_ticks": start_ticks,
@@ -949,14 +950,6 @@ fn now_nanos() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`), as the
-/// test bed records it to tell its processes from reused pids.
-fn start_ticks(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 fn tail(path: &Path, lines: usize) -> String {

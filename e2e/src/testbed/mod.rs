@@ -9,7 +9,7 @@ mod cluster;
 pub mod kubeconfig;
 mod pki;
 pub mod preset;
-mod process;
+pub(crate) mod process;
 mod tools;
 
 use std::{

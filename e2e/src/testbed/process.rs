@@ -74,7 +74,7 @@ fn spawn_to(
         .spawn()
         .with_context(|| format!("cannot start {name} ({})", program.display()))?;
     let pid = i32::try_from(child.id()).context("pid out of range")?;
-    let (_, start_ticks) = stat(pid).with_context(|| format!("{name} vanished as it started"))?;
+    let start_ticks = start_ticks(pid).with_context(|| format!("{name} vanished as it started"))?;
     Ok(ProcessRecord {
         name: name.to_string(),
         pid,
@@ -103,10 +103,19 @@ impl ProcessRecord {
         Some((program, args))
     }
 
-    /// True while the process runs and is the one we started.
+    /// True while the process runs and is the one we started. A child of ours that has
+    /// ended is reaped here, after it is seen ended: reaping first and looking second leaves
+    /// a zombie behind whenever the process ends in between.
     pub fn is_running(&self) -> bool {
-        reap(self.pid);
-        stat(self.pid).is_some_and(|(state, start)| state != 'Z' && start == self.start_ticks)
+        match stat(self.pid) {
+            Some((_, start)) if start != self.start_ticks => false,
+            Some(('Z', _)) => {
+                reap(self.pid);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// The last `lines` lines of its log, to explain a failure.
@@ -181,6 +190,12 @@ pub fn started_in(dir: &Path) -> Vec<ProcessRecord> {
         .collect()
 }
 
+/// Start time of a process in clock ticks since boot, which tells a recorded pid from a
+/// reused one.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
+}
+
 /// State letter and start time (clock ticks since boot) of a process, from `/proc/<pid>/stat`.
 fn stat(pid: i32) -> Option<(char, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -197,4 +212,76 @@ fn stat(pid: i32) -> Option<(char, u64)> {
 /// processes that are not our children.
 fn reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_path(test: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("testbed-process-{test}-{}.log", std::process::id()))
+    }
+
+    fn gone(pid: i32) -> bool {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn a_child_seen_ended_is_reaped_not_left_a_zombie() -> anyhow::Result<()> {
+        let log = log_path("ended");
+        let child = spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".into(), "exit 3".into()],
+            &log,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.is_running() {
+            assert!(Instant::now() < deadline, "`sh -c 'exit 3'` still runs");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(gone(child.pid), "pid {} left behind as a zombie", child.pid);
+        let _ = fs::remove_file(log);
+        Ok(())
+    }
+
+    #[test]
+    fn stop_all_leaves_no_process_and_no_zombie() -> anyhow::Result<()> {
+        let log = log_path("stop-all");
+        // One that ends on SIGTERM and one that only SIGKILL ends (an ignored signal stays
+        // ignored across exec).
+        let polite = spawn("sleep", Path::new("/bin/sleep"), &["60".into()], &log)?;
+        let stubborn = spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".into(), "trap '' TERM; exec sleep 60".into()],
+            &log,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stubborn
+            .command_line()
+            .is_some_and(|(program, _)| program.ends_with("sleep"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the stubborn shell never ran sleep"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        let stopping = Instant::now();
+        stop_all(
+            &[polite.clone(), stubborn.clone()],
+            Duration::from_millis(300),
+        );
+        assert!(
+            stopping.elapsed() >= Duration::from_millis(300),
+            "the stubborn one ignores SIGTERM: stop_all waited out its grace"
+        );
+        for p in [&polite, &stubborn] {
+            assert!(!p.is_running(), "{} (pid {}) still runs", p.name, p.pid);
+            assert!(gone(p.pid), "{} (pid {}) left as a zombie", p.name, p.pid);
+        }
+        let _ = fs::remove_file(log);
+        Ok(())
+    }
 }
