@@ -60,10 +60,14 @@ build_helm() {
 
 # Argo's workflow-controller for the Argo end-to-end tests and demo. Also ships the minimal CRDs of the same release in $1/argo-crds (target/tools/bin/argo-crds).
 build_argo() {
-  local m=github.com/argoproj/argo-workflows/v3 v dir commit
+  local m=github.com/argoproj/argo-workflows/v3 v info dir commit
   v="$(version_of "$m" .)"
-  dir="$(go list -m -f '{{.Dir}}' "$m")"
-  commit="$(go mod download -json "$m@$v" | sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)".*/\1/p')"
+  # `go list -m` names no directory before the module is downloaded: on a fresh machine the
+  # CRDs would be copied from /manifests. `go mod download` downloads and then names it.
+  info="$(go mod download -json "$m@$v")"
+  dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$info")"
+  commit="$(sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)".*/\1/p' <<<"$info")"
+  [[ -d "$dir/manifests/base/crds/minimal" ]] || { echo "tools: $m@$v has no CRDs in '$dir'" >&2; return 1; }
   go build -trimpath -ldflags "-s -w -X $m.version=$v -X $m.gitTag=$v -X $m.gitCommit=$commit -X $m.gitTreeState=clean" \
     -o "$1/workflow-controller" "$m/cmd/workflow-controller"
   mkdir -p "$1/argo-crds"
