@@ -371,18 +371,13 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
             match bounded(delegates.get_opt(&delegate_name)).await {
                 Ok(Some(_)) => Ok(Action::requeue(Duration::from_secs(1))),
                 Ok(None) => {
-                    let message = format!(
-                        "delegate {delegate_name} disappeared from {} before it ended",
-                        target.name
-                    );
-                    record_result(
-                        &api,
+                    delegate_gone(
                         &proxy,
+                        &api,
+                        step.as_ref(),
+                        &delegate_name,
+                        target,
                         &context,
-                        outcome::lost("DelegateLost", message.clone()),
-                        EventType::Warning,
-                        "DelegateLost",
-                        message,
                     )
                     .await
                 }
@@ -949,13 +944,23 @@ async fn stop_delegate(
             }
         }
     }
+    record_stop(proxy, api, context, why, &delegate.name_any(), target).await
+}
+
+async fn record_stop(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    context: &Context,
+    why: &str,
+    delegate_name: &str,
+    target: &Target,
+) -> Result<Action, Error> {
     let containers = proxy
         .spec
         .iter()
         .flat_map(|s| s.containers.iter().map(|c| c.name.clone()));
     let message = format!(
-        "stopped: {why}; delegate {} deleted in {}",
-        delegate.name_any(),
+        "stopped: {why}; delegate {delegate_name} deleted in {}",
         target.name
     );
     record_result(
@@ -965,6 +970,45 @@ async fn stop_delegate(
         outcome::stopped(containers, &message),
         EventType::Normal,
         "DelegateStopped",
+        message,
+    )
+    .await
+}
+
+/// A delegate that was created is gone and the proxy has no result. When the proxy had
+/// stopped, the delegate went because of that stop (this pass's own, whose result write lost
+/// a race with another update of the proxy, or another replica's): the result is the stop.
+/// Otherwise the delegate was lost before it ended. Decided on the live proxy, which the cache
+/// may not show yet; an Argo step's copied task result is completed first, since no one will
+/// write it again and Argo would hold the workflow open for it.
+async fn delegate_gone(
+    proxy: &Pod,
+    api: &Api<Pod>,
+    step: Option<&Step>,
+    delegate_name: &str,
+    target: &Target,
+    context: &Context,
+) -> Result<Action, Error> {
+    if let Some(step) = step {
+        task_results::complete_mirror(&context.source, proxy, step)
+            .await
+            .map_err(Error::Source)?;
+    }
+    let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+    if let Some(why) = stopped(&live) {
+        return record_stop(&live, api, context, &why, delegate_name, target).await;
+    }
+    let message = format!(
+        "delegate {delegate_name} disappeared from {} before it ended",
+        target.name
+    );
+    record_result(
+        api,
+        &live,
+        context,
+        outcome::lost("DelegateLost", message.clone()),
+        EventType::Warning,
+        "DelegateLost",
         message,
     )
     .await

@@ -162,6 +162,32 @@ pub async fn mirror(
     }
 }
 
+/// Marks the proxy's copy of the step's result complete, as it is, when the delegate went
+/// without a last mirror (lost, or stopped by another replica): Argo keeps a workflow running
+/// for up to ten minutes while a task result is incomplete. Conditional on the version read,
+/// like [`mirror`]; no copy, nothing to do.
+pub async fn complete_mirror(source: &Client, proxy: &Pod, step: &Step) -> Result<(), kube::Error> {
+    let namespace = proxy.namespace().unwrap_or_default();
+    let mirrors = api(source, &namespace);
+    match mirrors.get_opt(&step.node_id).await? {
+        Some(current) if !is_complete(&current) => {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            let patch = json!({ "metadata": {
+                "resourceVersion": current.resource_version(),
+                "labels": { COMPLETED_LABEL: "true" },
+            }});
+            mirrors
+                .patch(&step.node_id, &params, &Patch::Merge(patch))
+                .await
+                .map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// True when the copy holds what `wanted` would write (labels, owners, node result): a running
 /// step's result is mirrored on every pass, and most passes have nothing new.
 fn says_already(current: &DynamicObject, wanted: &Value) -> bool {

@@ -9,51 +9,14 @@ use std::time::Duration;
 
 use common::*;
 use contract::RESULT;
-use delegate_sync::task_results::{COMPLETED_LABEL, NODE_ID, WORKFLOW_LABEL};
-use e2e::{TestEnv, TestNamespace, support::wait_for};
-use k8s_openapi::{
-    api::core::v1::Pod,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use delegate_sync::task_results::{COMPLETED_LABEL, WORKFLOW_LABEL};
+use e2e::{TestEnv, support::wait_for};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, ResourceExt as _,
-    api::{
-        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-    },
+    Api, ResourceExt as _,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-const CRD: &str = include_str!("../../charts/target/files/argoproj.io_workflowtaskresults.yaml");
-
-async fn install_task_result_crd(client: Client) {
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(CRD).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client);
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("delegate-sync-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    let established = |c: Option<&CustomResourceDefinition>| {
-        c.and_then(|c| c.status.as_ref()?.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    };
-    wait_for(&crds, &crd.name_any(), Duration::from_secs(30), established)
-        .await
-        .unwrap();
-}
-
-fn task_results(client: Client, ns: &TestNamespace) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTaskResult"),
-        "workflowtaskresults",
-    );
-    Api::namespaced_with(client, &ns.name, &resource)
-}
 
 /// What Argo's executor does at the end of a step: create the result (owned by the workflow,
 /// labelled incomplete), or patch its node result when it exists; then label it complete.
@@ -88,22 +51,6 @@ async fn play_executor(results: &Api<DynamicObject>, node_id: &str, workflow: &s
         .patch(node_id, &PatchParams::default(), &Patch::Merge(&complete))
         .await
         .unwrap();
-}
-
-fn argo_step(ns: &TestNamespace, name: &str, run_for: &str, node_id: &str) -> Pod {
-    proxy_with(
-        ns,
-        name,
-        Some("cluster2"),
-        run_for,
-        0,
-        None,
-        &[
-            (WORKFLOW_LABEL, "wf"),
-            ("workflows.argoproj.io/completed", "false"),
-        ],
-        &[(NODE_ID, node_id)],
-    )
 }
 
 #[tokio::test]

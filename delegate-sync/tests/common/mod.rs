@@ -7,9 +7,19 @@ use std::{collections::BTreeMap, time::Duration};
 use contract::{
     CLEANUP_FINALIZER, CLUSTER_NAME, ELECT, PROXY_LABEL, SOURCEPOD_MANIFEST, manifest::ManifestKey,
 };
-use delegate_sync::args::{Config, TargetSpec};
-use e2e::{TestEnv, TestNamespace, lifecycle};
-use k8s_openapi::api::core::v1::Pod;
+use delegate_sync::{
+    args::{Config, TargetSpec},
+    task_results::{NODE_ID, WORKFLOW_LABEL},
+};
+use e2e::{TestEnv, TestNamespace, lifecycle, support::wait_for};
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt as _,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
 use serde_json::json;
 
 pub const KEY: &[u8] = b"delegate-sync-tests-key-0123456789abcdef";
@@ -237,4 +247,55 @@ pub async fn until_result(api: &kube::Api<Pod>, name: &str, timeout: Duration) -
     .await
     .unwrap_or_else(|e| panic!("{name} got no result: {e}"))
     .unwrap_or_else(|| panic!("{name} is gone"))
+}
+
+/// Argo's WorkflowTaskResult CRD, as the target chart installs it.
+pub const CRD: &str =
+    include_str!("../../../charts/target/files/argoproj.io_workflowtaskresults.yaml");
+
+pub async fn install_task_result_crd(client: Client) {
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(CRD).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("delegate-sync-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    let established = |c: Option<&CustomResourceDefinition>| {
+        c.and_then(|c| c.status.as_ref()?.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+    };
+    wait_for(&crds, &crd.name_any(), Duration::from_secs(30), established)
+        .await
+        .unwrap();
+}
+
+pub fn task_results(client: Client, ns: &TestNamespace) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTaskResult"),
+        "workflowtaskresults",
+    );
+    Api::namespaced_with(client, &ns.name, &resource)
+}
+
+/// A proxy of an Argo step (node `node_id` of workflow `wf`), pinned to cluster2.
+pub fn argo_step(ns: &TestNamespace, name: &str, run_for: &str, node_id: &str) -> Pod {
+    proxy_with(
+        ns,
+        name,
+        Some("cluster2"),
+        run_for,
+        0,
+        None,
+        &[
+            (WORKFLOW_LABEL, "wf"),
+            ("workflows.argoproj.io/completed", "false"),
+        ],
+        &[(NODE_ID, node_id)],
+    )
 }
