@@ -365,7 +365,12 @@ pub async fn reconcile(proxy: Arc<Pod>, context: Arc<Context>) -> Result<Action,
     match target.delegate(&namespace, &delegate_name) {
         // Made since find_delegate looked (another replica, or a cache that just caught up).
         Some(delegate) => follow(&proxy, &api, &context, target, &delegate, step).await,
-        None if annotations.contains_key(DELEGATE_NAME) && target.synced() => {
+        // Created once: a cache still loading cannot tell whether it is gone, and a delegate
+        // that is must never be created again.
+        None if annotations.contains_key(DELEGATE_NAME) && !target.synced() => {
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+        None if annotations.contains_key(DELEGATE_NAME) => {
             // Created once, gone now, no result: lost before it ended. Check the API, not the cache.
             let delegates: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
             match bounded(delegates.get_opt(&delegate_name)).await {
