@@ -150,11 +150,7 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
         let delegate_name = format!("cluster1-{}-{name}", ns.name);
         until_running(&delegates, &delegate_name, Duration::from_secs(30)).await;
     }
-    // What the kubelet reports once Argo's kill command (`proxy-waiter kill 15`) ended `main`.
-    let killed = json!({ "status": { "containerStatuses": [{
-        "name": "main", "image": "proxy-waiter", "imageID": "", "ready": false, "restartCount": 0,
-        "state": { "terminated": { "exitCode": 143, "reason": "Error", "message": "stopped by SIGTERM (kill command)" } },
-    }] } });
+    let killed = main_killed_by_kill_command();
     proxies
         .patch_status(
             "killed",
@@ -177,14 +173,7 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
 
     for name in ["killed", "given-up"] {
         let delegate_name = format!("cluster1-{}-{name}", ns.name);
-        wait_for(
-            &delegates,
-            &delegate_name,
-            Duration::from_secs(60),
-            |d: Option<&Pod>| d.is_none(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{name}: the delegate was not stopped: {e}"));
+        until_gone(&delegates, &delegate_name, Duration::from_secs(60)).await;
         let proxy = until_result(&proxies, name, Duration::from_secs(10)).await;
         let result = &proxy.annotations()[RESULT];
         assert!(

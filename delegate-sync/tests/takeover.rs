@@ -90,10 +90,7 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
     // What the first controller left: the kubelet reported `main` killed by Argo's kill
     // command and the delegate was deleted, but no result was written; and a delegate that
     // went while its proxy still waited.
-    let killed = json!({ "status": { "containerStatuses": [{
-        "name": "main", "image": "proxy-waiter", "imageID": "", "ready": false, "restartCount": 0,
-        "state": { "terminated": { "exitCode": 143, "reason": "Error", "message": "stopped by SIGTERM (kill command)" } },
-    }] } });
+    let killed = main_killed_by_kill_command();
     proxies
         .patch_status(
             "stopped",
@@ -109,14 +106,7 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
             ..Default::default()
         };
         delegates.delete(&delegate_name, &now).await.unwrap();
-        wait_for(
-            &delegates,
-            &delegate_name,
-            Duration::from_secs(30),
-            |d: Option<&Pod>| d.is_none(),
-        )
-        .await
-        .unwrap();
+        until_gone(&delegates, &delegate_name, Duration::from_secs(30)).await;
     }
 
     let _second = Controller::start(env);

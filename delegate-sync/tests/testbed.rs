@@ -109,22 +109,8 @@ async fn pinned_proxy_runs_in_cluster2_ends_with_its_code_and_cleans_up() {
         .delete("step", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for(
-        &delegates,
-        &delegate_name,
-        Duration::from_secs(30),
-        |d: Option<&Pod>| d.is_none(),
-    )
-    .await
-    .unwrap();
-    wait_for(
-        &proxies,
-        "step",
-        Duration::from_secs(30),
-        |p: Option<&Pod>| p.is_none(),
-    )
-    .await
-    .unwrap();
+    until_gone(&delegates, &delegate_name, Duration::from_secs(30)).await;
+    until_gone(&proxies, "step", Duration::from_secs(30)).await;
 }
 
 #[tokio::test]

@@ -249,6 +249,22 @@ pub async fn until_result(api: &kube::Api<Pod>, name: &str, timeout: Duration) -
     .unwrap_or_else(|| panic!("{name} is gone"))
 }
 
+/// Returns once the pod is gone; panics after `timeout`.
+pub async fn until_gone(api: &kube::Api<Pod>, name: &str, timeout: Duration) {
+    wait_for(api, name, timeout, |p: Option<&Pod>| p.is_none())
+        .await
+        .unwrap_or_else(|e| panic!("{name} is still there: {e}"));
+}
+
+/// The status patch of what the kubelet reports once Argo's kill command
+/// (`proxy-waiter kill 15`) ended a proxy's `main`.
+pub fn main_killed_by_kill_command() -> serde_json::Value {
+    json!({ "status": { "containerStatuses": [{
+        "name": "main", "image": "proxy-waiter", "imageID": "", "ready": false, "restartCount": 0,
+        "state": { "terminated": { "exitCode": 143, "reason": "Error", "message": "stopped by SIGTERM (kill command)" } },
+    }] } })
+}
+
 /// Argo's WorkflowTaskResult CRD, as the target chart installs it.
 pub const CRD: &str =
     include_str!("../../../charts/target/files/argoproj.io_workflowtaskresults.yaml");
