@@ -68,6 +68,7 @@ struct SaArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -87,6 +88,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Status => status(cli.dir).await,
         Command::SaKubeconfig(args) => sa_kubeconfig(cli.dir, args).await,
     }
+}
+
+/// `testbed status | head` ends quietly, like any Unix tool, instead of panicking in
+/// `println!` (Rust ignores SIGPIPE; the processes the test bed starts get the default back).
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler, so no code of ours runs in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn rustls_provider() {
