@@ -794,13 +794,26 @@ async fn record_result(
     // controller has just written (a delegate deleted by a stop wakes this proxy before its own
     // update arrives), so check the live proxy and write over that version only.
     let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+    record_result_over(api, &live, context, result, type_, reason, note).await
+}
+
+/// Like [`record_result`], over `live`, a proxy just read from the API.
+async fn record_result_over(
+    api: &Api<Pod>,
+    live: &Pod,
+    context: &Context,
+    result: DelegateResult,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<Action, Error> {
     if live.annotations().contains_key(RESULT) {
         return Ok(Action::await_change());
     }
-    if !patch_annotations_at(api, &live, json!({ RESULT: result.encode() })).await? {
+    if !patch_annotations_at(api, live, json!({ RESULT: result.encode() })).await? {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    publish(context, proxy, type_, reason, note).await;
+    publish(context, live, type_, reason, note).await;
     Ok(Action::await_change())
 }
 
@@ -949,17 +962,26 @@ async fn stop_delegate(
             }
         }
     }
-    record_stop(proxy, api, context, why, &delegate.name_any(), target).await
+    let (result, message) = stop_outcome(proxy, why, &delegate.name_any(), target);
+    record_result(
+        api,
+        proxy,
+        context,
+        result,
+        EventType::Normal,
+        "DelegateStopped",
+        message,
+    )
+    .await
 }
 
-async fn record_stop(
+/// The result of a proxy stopped for `why`: every container 143.
+fn stop_outcome(
     proxy: &Pod,
-    api: &Api<Pod>,
-    context: &Context,
     why: &str,
     delegate_name: &str,
     target: &Target,
-) -> Result<Action, Error> {
+) -> (DelegateResult, String) {
     let containers = proxy
         .spec
         .iter()
@@ -968,16 +990,7 @@ async fn record_stop(
         "stopped: {why}; delegate {delegate_name} deleted in {}",
         target.name
     );
-    record_result(
-        api,
-        proxy,
-        context,
-        outcome::stopped(containers, &message),
-        EventType::Normal,
-        "DelegateStopped",
-        message,
-    )
-    .await
+    (outcome::stopped(containers, &message), message)
 }
 
 /// A delegate that was created is gone and the proxy has no result. When the proxy had
@@ -1000,23 +1013,21 @@ async fn delegate_gone(
             .map_err(Error::Source)?;
     }
     let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
-    if let Some(why) = stopped(&live) {
-        return record_stop(&live, api, context, &why, delegate_name, target).await;
-    }
-    let message = format!(
-        "delegate {delegate_name} disappeared from {} before it ended",
-        target.name
-    );
-    record_result(
-        api,
-        &live,
-        context,
-        outcome::lost("DelegateLost", message.clone()),
-        EventType::Warning,
-        "DelegateLost",
-        message,
-    )
-    .await
+    let (result, type_, reason, message) = match stopped(&live) {
+        Some(why) => {
+            let (result, message) = stop_outcome(&live, &why, delegate_name, target);
+            (result, EventType::Normal, "DelegateStopped", message)
+        }
+        None => {
+            let message = format!(
+                "delegate {delegate_name} disappeared from {} before it ended",
+                target.name
+            );
+            let result = outcome::lost("DelegateLost", message.clone());
+            (result, EventType::Warning, "DelegateLost", message)
+        }
+    };
+    record_result_over(api, &live, context, result, type_, reason, message).await
 }
 
 /// Best effort: a step whose result cannot be kept still runs (its outputs may be lost, which
