@@ -150,15 +150,7 @@ async fn a_proxy_stopped_by_its_kill_command_or_given_up_by_argo_stops_its_deleg
         let delegate_name = format!("cluster1-{}-{name}", ns.name);
         until_running(&delegates, &delegate_name, Duration::from_secs(30)).await;
     }
-    let killed = main_killed_by_kill_command();
-    proxies
-        .patch_status(
-            "killed",
-            &PatchParams::default(),
-            &Patch::Strategic(&killed),
-        )
-        .await
-        .unwrap();
+    report_main_killed(&proxies, "killed").await;
     // Argo gave up on a step it could not signal: it labels the pod completed.
     let given_up =
         json!({ "metadata": { "labels": { "workflows.argoproj.io/completed": "true" } } });

@@ -34,6 +34,7 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
     let in_source = task_results(env.client("cluster1").await.unwrap(), &ns);
     let in_target = task_results(env.client("cluster2").await.unwrap(), &ns);
     let steps = [("stopped", "wf-stopped"), ("lost", "wf-lost")];
+    let delegate_of = |name: &str| format!("cluster1-{}-{name}", ns.name);
 
     let first = Controller::start(env);
     for (name, node_id) in steps {
@@ -41,12 +42,7 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
             .create(&PostParams::default(), &argo_step(&ns, name, "1h", node_id))
             .await
             .unwrap();
-        until_running(
-            &delegates,
-            &format!("cluster1-{}-{name}", ns.name),
-            Duration::from_secs(30),
-        )
-        .await;
+        until_running(&delegates, &delegate_of(name), Duration::from_secs(30)).await;
         // The executor's first report (outputs so far), mirrored incomplete while it runs.
         let report = json!({ "phase": "Running" });
         wait_for(
@@ -65,7 +61,7 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
         let poke = json!({ "metadata": { "annotations": { "example.com/report": "1" } } });
         delegates
             .patch(
-                &format!("cluster1-{}-{name}", ns.name),
+                &delegate_of(name),
                 &PatchParams::default(),
                 &Patch::Merge(&poke),
             )
@@ -90,17 +86,9 @@ async fn a_controller_that_takes_over_finishes_a_stop_and_completes_lost_task_re
     // What the first controller left: the kubelet reported `main` killed by Argo's kill
     // command and the delegate was deleted, but no result was written; and a delegate that
     // went while its proxy still waited.
-    let killed = main_killed_by_kill_command();
-    proxies
-        .patch_status(
-            "stopped",
-            &PatchParams::default(),
-            &Patch::Strategic(&killed),
-        )
-        .await
-        .unwrap();
+    report_main_killed(&proxies, "stopped").await;
     for (name, _) in steps {
-        let delegate_name = format!("cluster1-{}-{name}", ns.name);
+        let delegate_name = delegate_of(name);
         let now = DeleteParams {
             grace_period_seconds: Some(0),
             ..Default::default()

@@ -256,13 +256,17 @@ pub async fn until_gone(api: &kube::Api<Pod>, name: &str, timeout: Duration) {
         .unwrap_or_else(|e| panic!("{name} is still there: {e}"));
 }
 
-/// The status patch of what the kubelet reports once Argo's kill command
-/// (`proxy-waiter kill 15`) ended a proxy's `main`.
-pub fn main_killed_by_kill_command() -> serde_json::Value {
-    json!({ "status": { "containerStatuses": [{
+/// Reports the proxy's `main` ended as the kubelet does once Argo's kill command
+/// (`proxy-waiter kill 15`) ended it.
+pub async fn report_main_killed(proxies: &Api<Pod>, name: &str) {
+    let killed = json!({ "status": { "containerStatuses": [{
         "name": "main", "image": "proxy-waiter", "imageID": "", "ready": false, "restartCount": 0,
         "state": { "terminated": { "exitCode": 143, "reason": "Error", "message": "stopped by SIGTERM (kill command)" } },
-    }] } })
+    }] } });
+    proxies
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&killed))
+        .await
+        .unwrap_or_else(|e| panic!("cannot report {name}'s main killed: {e}"));
 }
 
 /// Argo's WorkflowTaskResult CRD, as the target chart installs it.

@@ -218,56 +218,71 @@ fn reap(pid: i32) {
 mod tests {
     use super::*;
 
-    fn log_path(test: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("testbed-process-{test}-{}.log", std::process::id()))
+    /// The test's processes and log, stopped and removed even when an assertion fails.
+    struct Started {
+        log: PathBuf,
+        processes: Vec<ProcessRecord>,
+    }
+
+    impl Started {
+        fn new(test: &str) -> Self {
+            let log = std::env::temp_dir()
+                .join(format!("testbed-process-{test}-{}.log", std::process::id()));
+            Self {
+                log,
+                processes: Vec::new(),
+            }
+        }
+
+        fn spawn(&mut self, program: &str, args: &[&str]) -> anyhow::Result<ProcessRecord> {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let record = spawn(program, Path::new(program), &args, &self.log)?;
+            self.processes.push(record.clone());
+            Ok(record)
+        }
+    }
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            stop_all(&self.processes, Duration::ZERO);
+            let _ = fs::remove_file(&self.log);
+        }
     }
 
     fn gone(pid: i32) -> bool {
         !Path::new(&format!("/proc/{pid}")).exists()
     }
 
-    #[test]
-    fn a_child_seen_ended_is_reaped_not_left_a_zombie() -> anyhow::Result<()> {
-        let log = log_path("ended");
-        let child = spawn(
-            "sh",
-            Path::new("/bin/sh"),
-            &["-c".into(), "exit 3".into()],
-            &log,
-        )?;
+    /// Waits up to 10 s for `done`; panics saying what never happened.
+    fn until(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while child.is_running() {
-            assert!(Instant::now() < deadline, "`sh -c 'exit 3'` still runs");
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_child_seen_ended_is_reaped_not_left_a_zombie() -> anyhow::Result<()> {
+        let mut started = Started::new("ended");
+        let child = started.spawn("/bin/sh", &["-c", "exit 3"])?;
+        until("`sh -c 'exit 3'` never ended", || !child.is_running());
         assert!(gone(child.pid), "pid {} left behind as a zombie", child.pid);
-        let _ = fs::remove_file(log);
         Ok(())
     }
 
     #[test]
     fn stop_all_leaves_no_process_and_no_zombie() -> anyhow::Result<()> {
-        let log = log_path("stop-all");
+        let mut started = Started::new("stop-all");
         // One that ends on SIGTERM and one that only SIGKILL ends (an ignored signal stays
         // ignored across exec).
-        let polite = spawn("sleep", Path::new("/bin/sleep"), &["60".into()], &log)?;
-        let stubborn = spawn(
-            "sh",
-            Path::new("/bin/sh"),
-            &["-c".into(), "trap '' TERM; exec sleep 60".into()],
-            &log,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !stubborn
-            .command_line()
-            .is_some_and(|(program, _)| program.ends_with("sleep"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the stubborn shell never ran sleep"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
+        let polite = started.spawn("/bin/sleep", &["60"])?;
+        let stubborn = started.spawn("/bin/sh", &["-c", "trap '' TERM; exec sleep 60"])?;
+        until("the stubborn shell never ran sleep", || {
+            stubborn
+                .command_line()
+                .is_some_and(|(program, _)| program.ends_with("sleep"))
+        });
         let stopping = Instant::now();
         stop_all(
             &[polite.clone(), stubborn.clone()],
@@ -281,7 +296,6 @@ mod tests {
             assert!(!p.is_running(), "{} (pid {}) still runs", p.name, p.pid);
             assert!(gone(p.pid), "{} (pid {}) left as a zombie", p.name, p.pid);
         }
-        let _ = fs::remove_file(log);
         Ok(())
     }
 }
