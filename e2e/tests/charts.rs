@@ -563,6 +563,13 @@ async fn webhook_renders_in_each_certificate_mode_and_the_apiserver_accepts_it()
                 },
                 "manifestKey": { "existingSecret": "shared-key" },
                 "preStopSleepSeconds": 0,
+                "waiter": {
+                    "nodeSelector": { "pool": "proxies" },
+                    "tolerations": [
+                        { "key": "pool", "value": "proxies", "effect": "NoSchedule" },
+                        { "key": "dedicated" },
+                    ],
+                },
             }),
         ),
         ("cert-manager", json!({ "replicaCount": 1 })),
@@ -664,6 +671,30 @@ async fn webhook_renders_in_each_certificate_mode_and_the_apiserver_accepts_it()
             "--log-format=json",
         ] {
             ensure!(args.contains(&flag), "{mode}: {flag} missing from {args:?}");
+        }
+        // Where proxies run: flags only when set, in the syntax the binary parses.
+        let placement: Vec<&&str> = args.iter().filter(|a| a.starts_with("--proxy-")).collect();
+        if mode == "provided" {
+            ensure!(
+                placement
+                    == [
+                        &"--proxy-node-selector=pool=proxies",
+                        &"--proxy-tolerations=pool=proxies:NoSchedule,dedicated"
+                    ],
+                "{placement:?}"
+            );
+            let tolerations: webhook::args::Tolerations = "pool=proxies:NoSchedule,dedicated"
+                .parse()
+                .map_err(anyhow::Error::msg)?;
+            ensure!(
+                serde_json::to_value(&tolerations.0)?
+                    == json!([
+                        { "key": "pool", "operator": "Equal", "value": "proxies", "effect": "NoSchedule" },
+                        { "key": "dedicated", "operator": "Exists" },
+                    ])
+            );
+        } else {
+            ensure!(placement.is_empty(), "{mode}: {placement:?}");
         }
         ensure!(
             container["env"]

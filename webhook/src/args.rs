@@ -105,6 +105,14 @@ pub struct ProxyArgs {
     /// Non-root user (and group) proxy containers run as.
     #[arg(long, env = "WEBHOOK_WAITER_RUN_AS_USER", default_value_t = 65532, value_parser = clap::value_parser!(i64).range(1..))]
     pub waiter_run_as_user: i64,
+    /// Node selector of every proxy pod, `key=value,...` (e.g. a small pool for proxies). The
+    /// pod's own node selector always goes to the delegate only.
+    #[arg(long, env = "WEBHOOK_PROXY_NODE_SELECTOR", default_value = "")]
+    pub proxy_node_selector: NodeSelector,
+    /// Tolerations added to every proxy pod, `key[=value][:Effect],...` as in `kubectl taint`
+    /// (no value: any value; no effect: any effect). The pod's own tolerations are kept.
+    #[arg(long, env = "WEBHOOK_PROXY_TOLERATIONS", default_value = "")]
+    pub proxy_tolerations: Tolerations,
     /// File with the key (32 bytes or more) that seals saved manifests; delegate-sync verifies
     /// with the same key.
     #[arg(long, env = "WEBHOOK_MANIFEST_KEY_FILE")]
@@ -149,6 +157,76 @@ impl FromStr for Resources {
             map.insert(name.to_string(), Value::String(quantity.to_string()));
         }
         Ok(Self(map))
+    }
+}
+
+/// `key=value,...`, e.g. `pool=proxies`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSelector(pub Map<String, Value>);
+
+impl FromStr for NodeSelector {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut map = Map::new();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("{item:?} is not key=value (e.g. pool=proxies)"))?;
+            map.insert(key.to_string(), Value::String(value.to_string()));
+        }
+        Ok(Self(map))
+    }
+}
+
+/// `key[=value][:Effect],...`, e.g. `pool=proxies:NoSchedule,dedicated`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tolerations(pub Vec<Value>);
+
+impl FromStr for Tolerations {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+        let mut tolerations = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (taint, effect) = match item.rsplit_once(':') {
+                Some((taint, effect)) if EFFECTS.contains(&effect) => (taint, Some(effect)),
+                Some(_) => {
+                    return Err(format!(
+                        "{item:?}: the effect after ':' must be one of {}",
+                        EFFECTS.join(", ")
+                    ));
+                }
+                None => (item, None),
+            };
+            let (key, value) = match taint.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (taint, None),
+            };
+            if key.is_empty() {
+                return Err(format!(
+                    "{item:?} is not key[=value][:Effect] (e.g. pool=proxies:NoSchedule)"
+                ));
+            }
+            let mut toleration = Map::new();
+            toleration.insert("key".into(), key.into());
+            match value {
+                Some(value) => {
+                    toleration.insert("operator".into(), "Equal".into());
+                    toleration.insert("value".into(), value.into());
+                }
+                None => {
+                    toleration.insert("operator".into(), "Exists".into());
+                }
+            }
+            if let Some(effect) = effect {
+                toleration.insert("effect".into(), effect.into());
+            }
+            tolerations.push(Value::Object(toleration));
+        }
+        Ok(Self(tolerations))
     }
 }
 
@@ -201,6 +279,8 @@ impl Args {
                 requests: proxy.waiter_requests.0,
                 limits: proxy.waiter_limits.0,
                 run_as_user: proxy.waiter_run_as_user,
+                node_selector: proxy.proxy_node_selector.0,
+                tolerations: proxy.proxy_tolerations.0,
             },
             key,
             excluded_namespaces,
@@ -232,6 +312,39 @@ mod tests {
                 .contains("name=quantity")
         );
         assert_eq!("".parse::<Resources>().unwrap().0.len(), 0);
+    }
+
+    #[test]
+    fn proxy_placement_parses_like_kubectl_and_explains_mistakes() {
+        let selector: NodeSelector = "pool=proxies, zone=a".parse().unwrap();
+        assert_eq!(selector.0["pool"], "proxies");
+        assert_eq!(selector.0["zone"], "a");
+        assert!(
+            "pool"
+                .parse::<NodeSelector>()
+                .unwrap_err()
+                .contains("key=value")
+        );
+        let tolerations: Tolerations = "pool=proxies:NoSchedule,dedicated,gpu:NoExecute,x=y"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&tolerations.0).unwrap(),
+            serde_json::json!([
+                { "key": "pool", "operator": "Equal", "value": "proxies", "effect": "NoSchedule" },
+                { "key": "dedicated", "operator": "Exists" },
+                { "key": "gpu", "operator": "Exists", "effect": "NoExecute" },
+                { "key": "x", "operator": "Equal", "value": "y" },
+            ])
+        );
+        assert!(
+            "pool=proxies:Never"
+                .parse::<Tolerations>()
+                .unwrap_err()
+                .contains("NoSchedule, PreferNoSchedule, NoExecute")
+        );
+        assert!("=x:NoSchedule".parse::<Tolerations>().is_err());
+        assert!("".parse::<Tolerations>().unwrap().0.is_empty());
     }
 
     #[test]

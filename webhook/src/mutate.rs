@@ -51,6 +51,10 @@ pub struct ProxySettings {
     pub requests: Map<String, Value>,
     pub limits: Map<String, Value>,
     pub run_as_user: i64,
+    /// Where proxies run: the node selector of every proxy (the pod's own is dropped: only the
+    /// delegate needs it) and tolerations added to the pod's own.
+    pub node_selector: Map<String, Value>,
+    pub tolerations: Vec<Value>,
 }
 
 impl Default for ProxySettings {
@@ -71,6 +75,8 @@ impl Default for ProxySettings {
             .into_iter()
             .collect(),
             run_as_user: 65532,
+            node_selector: Map::new(),
+            tolerations: Vec::new(),
         }
     }
 }
@@ -292,6 +298,25 @@ fn proxy_spec(spec: &Map<String, Value>, settings: &ProxySettings) -> Result<Val
             .collect::<Result<_, _>>()?;
         proxy.insert("initContainers".into(), Value::Array(inits));
     }
+    if !settings.node_selector.is_empty() {
+        proxy.insert(
+            "nodeSelector".into(),
+            Value::Object(settings.node_selector.clone()),
+        );
+    }
+    if !settings.tolerations.is_empty() {
+        let mut tolerations = spec
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for toleration in &settings.tolerations {
+            if !tolerations.contains(toleration) {
+                tolerations.push(toleration.clone());
+            }
+        }
+        proxy.insert("tolerations".into(), Value::Array(tolerations));
+    }
     // The waiter talks to no API server.
     proxy.insert("automountServiceAccountToken".into(), json!(false));
     proxy.insert(
@@ -429,6 +454,33 @@ mod tests {
         );
         assert_eq!(proxy["metadata"]["labels"][PROXY_LABEL], "true");
         assert_eq!(proxy["metadata"]["finalizers"], json!([CLEANUP_FINALIZER]));
+    }
+
+    #[test]
+    fn proxies_run_where_the_operator_says_and_keep_the_pods_tolerations() {
+        let mut pod = elected();
+        pod["spec"]["nodeSelector"] = json!({ "gpu": "yes" });
+        pod["spec"]["tolerations"] = json!([{ "key": "gpu", "operator": "Exists" }]);
+        let pool = json!({ "key": "proxies", "operator": "Exists", "effect": "NoSchedule" });
+        let settings = ProxySettings {
+            node_selector: [("pool".to_string(), json!("proxies"))]
+                .into_iter()
+                .collect(),
+            tolerations: vec![pool.clone(), json!({ "key": "gpu", "operator": "Exists" })],
+            ..Default::default()
+        };
+        let proxy = apply(&pod, mutate(&pod, "ns", &settings, &key()));
+        assert_eq!(proxy["spec"]["nodeSelector"], json!({ "pool": "proxies" }));
+        assert_eq!(
+            proxy["spec"]["tolerations"],
+            json!([{ "key": "gpu", "operator": "Exists" }, pool])
+        );
+        let by_default = apply(&pod, mutate(&pod, "ns", &ProxySettings::default(), &key()));
+        assert!(by_default["spec"].get("nodeSelector").is_none());
+        assert_eq!(
+            by_default["spec"]["tolerations"],
+            pod["spec"]["tolerations"]
+        );
     }
 
     #[test]

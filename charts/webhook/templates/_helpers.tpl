@@ -90,7 +90,20 @@ app.kubernetes.io/part-of: multicluster-delegation
 {{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
 {{- end }}
 
-{{/* "cpu=1m,memory=8Mi" from a map, the format of --waiter-requests and --waiter-limits. */}}
+{{/* Tolerations as --proxy-tolerations reads them: key[=value][:Effect],... */}}
+{{- define "webhook.tolerationList" -}}
+{{- $items := list }}
+{{- range . }}
+{{- $item := .key }}
+{{- if hasKey . "value" }}{{ $item = printf "%s=%s" $item .value }}{{ end }}
+{{- if .effect }}{{ $item = printf "%s:%s" $item .effect }}{{ end }}
+{{- $items = append $items $item }}
+{{- end }}
+{{- join "," $items }}
+{{- end }}
+
+{{/* "cpu=1m,memory=8Mi" from a map, the format of --waiter-requests, --waiter-limits and
+--proxy-node-selector. */}}
 {{- define "webhook.resourceList" -}}
 {{- $items := list }}
 {{- range $name, $quantity := . }}
