@@ -10,7 +10,9 @@ TESTBED := target/debug/testbed
 # The shipped proxy-waiter: no std, glibc linked statically, size-optimised (see proxy-waiter/).
 WAITER := target/x86_64-unknown-linux-gnu/waiter/proxy-waiter
 WAITER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static -C link-arg=-lgcc_eh -C link-arg=-lgcc
-APT_PACKAGES := buildah busybox-static file
+# buildah builds images without a daemon; containerd, runc, the CNI plugins and iproute2 run the
+# test bed's real nodes; busybox-static and gcc's static libc make their busybox and pause images.
+APT_PACKAGES := buildah busybox-static file containerd runc containernetworking-plugins iproute2 gcc libc6-dev
 # Load generator and Go baseline of the webhook benchmark, cached outside the checkout.
 OHA_VERSION := 1.16.0
 OHA := $(HOME)/.cache/delegate-pods/cargo-tools/oha-$(OHA_VERSION)/bin/oha
@@ -37,6 +39,7 @@ packages: ## Install the Debian packages that images and benchmarks use
 
 .PHONY: waiter
 waiter: ## Build the shipped static proxy-waiter and print its size
+	@[ -x $(WAITER) ] || echo "building the static proxy-waiter (first time: about 1 minute) ..."
 	@RUSTFLAGS="$(WAITER_RUSTFLAGS)" $(CARGO) build --quiet --locked --profile waiter -p proxy-waiter \
 	  --features tiny --target x86_64-unknown-linux-gnu
 	@echo "proxy-waiter: $$(stat -c %s $(WAITER)) bytes (static, stripped): $(WAITER)"
@@ -45,16 +48,21 @@ waiter: ## Build the shipped static proxy-waiter and print its size
 images: waiter packages ## OCI archives of webhook, delegate-sync, certs and proxy-waiter in target/images/ (buildah, no daemon)
 	@e2e/images/build-all.sh $(WAITER)
 
+.PHONY: node-images
+node-images: waiter packages ## Images every real node of the test bed imports (pause, busybox, proxy-waiter), in target/images/node/
+	@e2e/images/node-images.sh $(WAITER)
+
 .PHONY: tools
-tools: ## Build the pinned Kubernetes, etcd, kwok and helm binaries (cached by version)
+tools: ## Build the pinned Kubernetes (kubelet included), etcd, kwok, helm and Argo binaries (cached by version)
 	@e2e/tools/build.sh
 
 $(TESTBED): FORCE
+	@[ -x $(TESTBED) ] || echo "building the test bed's command (first time: about 4 minutes on 2 cores) ..."
 	@$(CARGO) build --quiet -p e2e --bin testbed
 
 .PHONY: testbed-up
-testbed-up: tools $(TESTBED) ## Start CLUSTERS local clusters (default 2) in target/testbed
-	@$(TESTBED) up --clusters $(CLUSTERS)
+testbed-up: tools node-images $(TESTBED) ## Start CLUSTERS local clusters (default 2) in target/testbed; REAL_NODES per cluster (default: the preset's, 3)
+	@$(TESTBED) up --clusters $(CLUSTERS) $(if $(REAL_NODES),--real-nodes $(REAL_NODES))
 
 .PHONY: testbed-down
 testbed-down: $(TESTBED) ## Stop the test bed and remove its state
@@ -67,9 +75,9 @@ lint: prerequisites ## Formatting and clippy (warnings are errors)
 	$(CARGO) clippy --profile waiter -p proxy-waiter --features tiny --bin proxy-waiter --locked -- -D warnings
 
 .PHONY: test
-test: prerequisites lint tools $(TESTBED) waiter ## Everything CI checks: lint, unit and integration tests on a test bed
+test: prerequisites packages lint tools node-images $(TESTBED) ## Everything CI checks: lint, unit and integration tests on a test bed
 	@trap 'TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
-	TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) up --clusters 2; \
+	TESTBED_DIR=$(TEST_TESTBED_DIR) $(TESTBED) up --clusters 2 --real-nodes 1; \
 	TESTBED_DIR=$(TEST_TESTBED_DIR) $(CARGO) test --workspace --locked --no-fail-fast
 	@echo "proxy-waiter process tests against the shipped static binary:"
 	PROXY_WAITER_BIN=$(CURDIR)/$(WAITER) $(CARGO) test --locked -p proxy-waiter --test process
@@ -96,17 +104,22 @@ $(GO_WEBHOOK): FORCE
 	@cd e2e/bench/go-webhook && CGO_ENABLED=0 go build -trimpath -o $(CURDIR)/$(GO_WEBHOOK) .
 
 .PHONY: bench
-bench: tools $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benchmarks; results in target/bench/summary.md (BENCH_QUICK=1: shorter)
+bench: tools node-images $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benchmarks; results in target/bench/summary.md (BENCH_QUICK=1: shorter)
 	@$(CARGO) build --quiet --locked --release -p webhook -p certs --bins --examples
 	@rm -f target/bench/*.json
 	@e2e/bench/testbed-startup.sh
 	@e2e/bench/waiter_footprint.py
 	@OHA=$(OHA) GO_WEBHOOK=$(GO_WEBHOOK) e2e/bench/webhook_load.py
-	@$(CARGO) build --quiet --locked --release -p delegate-sync --bins --examples
+	@# The binary alone first: the examples' dev-dependencies (kube's `ws`) must not be in it.
+	@$(CARGO) build --quiet --locked --release -p delegate-sync --bins
+	@$(CARGO) build --quiet --locked --release -p delegate-sync --examples
 	@trap 'TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
 	TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) up --clusters 3 --preset e2e/testbed/presets/bench.json >/dev/null && \
 	target/release/examples/propagation --testbed-dir $(BENCH_TESTBED_DIR) \
-	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000)
+	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000) && \
+	echo "last hop on real nodes, downward API and exec fast path in alternating rounds:" && \
+	target/release/examples/last_hop --testbed-dir $(BENCH_TESTBED_DIR) \
+	  --pods $(if $(filter 1,$(BENCH_QUICK)),20,100)
 	@e2e/bench/summary.py
 
 CARGO_FUZZ_VERSION := 0.13.2

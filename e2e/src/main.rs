@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use e2e::testbed::{self, Preset, Testbed, TestbedConfig};
 
 /// Local Kubernetes clusters from real binaries (etcd, kube-apiserver, kube-scheduler,
-/// kube-controller-manager) with fake nodes played by kwok.
+/// kube-controller-manager), with fake nodes played by kwok and real nodes (a kubelet and a
+/// containerd each) beside them.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -46,6 +47,11 @@ struct UpArgs {
     /// Node shapes and placeholder pods: `blog`, or the path of a preset JSON file.
     #[arg(long, env = "TESTBED_PRESET", default_value = "blog")]
     preset: String,
+    /// Real nodes per cluster (a kubelet and a containerd each, tainted
+    /// `testbed.multicluster.admiralty.io/node=real:NoSchedule`), instead of the preset's
+    /// `realNodesPerCluster` (3 in `blog`). 0 for fake nodes only.
+    #[arg(long, env = "TESTBED_REAL_NODES", value_parser = clap::value_parser!(u8).range(0..=9))]
+    real_nodes: Option<u8>,
 }
 
 #[derive(Args)]
@@ -107,6 +113,9 @@ async fn up(dir: PathBuf, args: UpArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut config = TestbedConfig::new(&dir, usize::from(args.clusters))?;
     config.preset = Preset::named(&args.preset)?;
+    if let Some(real_nodes) = args.real_nodes {
+        config.preset.real_nodes_per_cluster = usize::from(real_nodes);
+    }
     println!(
         "starting {} clusters in {} ...",
         args.clusters,

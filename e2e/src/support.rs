@@ -74,6 +74,20 @@ impl TestEnv {
         Testbed::attach(&self.dir)
     }
 
+    /// Fails, saying how to get them, unless every cluster has a real node (`make test`'s test
+    /// bed has one per cluster).
+    pub fn require_real_nodes(&self) -> anyhow::Result<()> {
+        let testbed = self.testbed()?;
+        for cluster in &self.clusters {
+            anyhow::ensure!(
+                !testbed.cluster(cluster)?.real_nodes.is_empty(),
+                "{cluster} of the test bed in {} has no real node (`testbed up --real-nodes 1`)",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// An admin client for `cluster`.
     pub async fn client(&self, cluster: &str) -> anyhow::Result<Client> {
         testbed::kubeconfig::client(&self.kubeconfig, cluster).await
@@ -259,7 +273,13 @@ async fn start_private() -> anyhow::Result<Testbed> {
     unsafe {
         libc::atexit(stop_private);
     }
-    Testbed::up(&TestbedConfig::new(&dir, clusters)?).await
+    let mut config = TestbedConfig::new(&dir, clusters)?;
+    // As `make test`'s test bed: one real node per cluster (`TESTBED_REAL_NODES` to change).
+    config.preset.real_nodes_per_cluster = std::env::var("TESTBED_REAL_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Testbed::up(&config).await
 }
 
 extern "C" fn stop_private() {

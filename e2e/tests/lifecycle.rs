@@ -1,11 +1,13 @@
 //! A private test bed: `up` is idempotent, `down` stops every process and removes the state,
-//! and ServiceAccount kubeconfigs carry exactly the ServiceAccount's rights.
+//! and everything its real node made on the host, and ServiceAccount kubeconfigs carry exactly
+//! the ServiceAccount's rights.
 
 use std::time::Duration;
 
 use e2e::{
     Testbed, TestbedConfig,
-    testbed::{kubeconfig, workspace_target_dir},
+    support::wait_for,
+    testbed::{kubeconfig, realnode, workspace_target_dir},
 };
 use k8s_openapi::api::{
     core::v1::{Pod, ServiceAccount},
@@ -19,7 +21,8 @@ async fn private_test_bed_is_idempotent_and_stops_cleanly() -> anyhow::Result<()
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = workspace_target_dir().join(format!("testbed-lifecycle-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
-    let config = TestbedConfig::new(&dir, 1)?;
+    let mut config = TestbedConfig::new(&dir, 1)?;
+    config.preset.real_nodes_per_cluster = 1;
 
     let first = Testbed::up(&config).await?;
     let pids = pids(&dir)?;
@@ -37,6 +40,14 @@ async fn private_test_bed_is_idempotent_and_stops_cleanly() -> anyhow::Result<()
     assert_eq!(first.cluster_names(), again.cluster_names());
 
     service_account_kubeconfig_has_only_granted_rights(&again).await?;
+    let node_processes = real_node_runs_pods(&again).await?;
+    let prefix = realnode::host_prefix(&dir);
+    let shim_sockets = realnode::shim_sockets(&dir);
+    assert!(!shim_sockets.is_empty(), "the pods' shims listen");
+    assert!(
+        !realnode::leftovers(&dir, &prefix).is_empty(),
+        "the real node's cgroups, mounts and bridge are found while it runs"
+    );
 
     // A state file from another build (or corrupt) must not leave processes behind.
     std::fs::write(
@@ -44,14 +55,60 @@ async fn private_test_bed_is_idempotent_and_stops_cleanly() -> anyhow::Result<()
         r#"{"clusters": "from another build"}"#,
     )?;
     Testbed::down(&dir)?;
-    for pid in pids {
+    for pid in pids.into_iter().chain(node_processes) {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "process {pid} still runs"
         );
     }
     assert!(!dir.exists(), "state removed");
+    let left = realnode::leftovers(&dir, &prefix);
+    assert!(left.is_empty(), "left on the host: {left:#?}");
+    for socket in shim_sockets {
+        assert!(!socket.exists(), "shim socket {} left", socket.display());
+    }
     Ok(())
+}
+
+/// A pod that ended and one that still runs on the real node (so containers, shims, network
+/// namespaces and volumes exist when the test bed goes down); the pids of the node's kubelet,
+/// containerd, shims and containers.
+async fn real_node_runs_pods(testbed: &Testbed) -> anyhow::Result<Vec<i64>> {
+    let pods: Api<Pod> = Api::namespaced(testbed.client("cluster1").await?, "default");
+    for (name, command) in [("ended", "exit 0"), ("running", "sleep 3600")] {
+        let mut pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{ "name": "main", "image": e2e::nodes::BUSYBOX_IMAGE,
+                                 "command": ["sh", "-c", command] }],
+            },
+        }))?;
+        e2e::nodes::on_real_nodes(pod.spec.as_mut().expect("a spec"));
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let phase = |p: Option<&Pod>| p.and_then(|p| p.status.as_ref()?.phase.clone());
+    let timeout = Duration::from_secs(60);
+    wait_for(&pods, "ended", timeout, |p: Option<&Pod>| {
+        phase(p).as_deref() == Some("Succeeded")
+    })
+    .await?;
+    wait_for(&pods, "running", timeout, |p: Option<&Pod>| {
+        phase(p).as_deref() == Some("Running")
+    })
+    .await?;
+    let mut pids: Vec<i64> = testbed.cluster("cluster1")?.real_nodes[0]
+        .processes
+        .iter()
+        .map(|p| i64::from(p.pid))
+        .collect();
+    pids.extend(
+        realnode::shim_pids(testbed.dir())
+            .into_iter()
+            .map(i64::from),
+    );
+    Ok(pids)
 }
 
 async fn service_account_kubeconfig_has_only_granted_rights(

@@ -56,9 +56,9 @@ async fn pods_of_200m_fill_the_blog_cluster1_without_overcommitting_a_node() -> 
     assert_eq!(
         per_node,
         BTreeMap::from([
-            ("cluster1-node1".to_string(), 1),
-            ("cluster1-node2".to_string(), 1),
-            ("cluster1-node3".to_string(), 1),
+            ("cluster1-kwok1".to_string(), 1),
+            ("cluster1-kwok2".to_string(), 1),
+            ("cluster1-kwok3".to_string(), 1),
         ])
     );
     assert_eq!(pending.len(), 2, "{pending:?}");

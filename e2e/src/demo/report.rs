@@ -284,7 +284,7 @@ mod tests {
             step: step.into(),
             pod: format!("pod-{step}"),
             cluster: cluster.into(),
-            node: format!("{cluster}-node1"),
+            node: format!("{cluster}-kwok1"),
             created,
             start,
             end: start + 10,

@@ -14,6 +14,7 @@ use super::{
     kubeconfig::{self, Credentials, Entry},
     pki,
     process::{self, ProcessRecord},
+    realnode::RealNodeState,
     tools::Tools,
 };
 
@@ -24,6 +25,9 @@ pub struct ClusterState {
     pub dir: PathBuf,
     pub server: String,
     pub processes: Vec<ProcessRecord>,
+    /// Its real nodes (a kubelet and a containerd each).
+    #[serde(default)]
+    pub real_nodes: Vec<RealNodeState>,
 }
 
 impl ClusterState {
@@ -45,9 +49,12 @@ impl ClusterState {
         self.dir.join("admin.kubeconfig")
     }
 
-    /// The first process that is not running, if any.
+    /// The first process that is not running, if any (real nodes' included).
     pub fn stopped_process(&self) -> Option<&ProcessRecord> {
-        self.processes.iter().find(|p| !p.is_running())
+        self.processes
+            .iter()
+            .chain(self.real_nodes.iter().flat_map(|n| &n.processes))
+            .find(|p| !p.is_running())
     }
 }
 
@@ -93,6 +100,7 @@ async fn start_once(
         dir: dir.to_path_buf(),
         server: String::new(),
         processes: Vec::new(),
+        real_nodes: Vec::new(),
     };
     let result = start_components(&mut state, tools, kwok_config).await;
     if result.is_err() {
@@ -156,6 +164,19 @@ async fn start_components(
             format!("--tls-private-key-file={}", path("apiserver.key")),
             format!("--client-ca-file={}", path("ca.crt")),
             "--authorization-mode=Node,RBAC".into(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            // Real nodes: the apiserver reaches kubelets (logs, exec) on their loopback
+            // InternalIP, verifies their serving certificates and presents its own.
+            format!("--kubelet-certificate-authority={}", path("ca.crt")),
+            format!(
+                "--kubelet-client-certificate={}",
+                path("apiserver-kubelet-client.crt")
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                path("apiserver-kubelet-client.key")
+            ),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", path("sa.pub")),
             format!("--service-account-signing-key-file={}", path("sa.key")),
@@ -227,7 +248,7 @@ async fn start_components(
 
 /// Distinct free loopback ports. Each is bound by the OS's choice, then released for the
 /// component that uses it, so parallel test beds do not collide.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+pub(crate) fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()

@@ -10,6 +10,7 @@ pub mod kubeconfig;
 mod pki;
 pub mod preset;
 pub(crate) mod process;
+pub mod realnode;
 mod tools;
 
 use std::{
@@ -24,6 +25,7 @@ use futures::future::try_join_all;
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Node, Pod, ServiceAccount},
+    rbac::v1::ClusterRoleBinding,
 };
 use kube::{Api, Client, api::ListParams};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use cluster::ClusterState;
 pub use kubeconfig::{Credentials, Entry};
 pub use preset::Preset;
+pub use realnode::RealNodeState;
 pub use tools::{TOOLS_BIN_ENV, Tools};
 
 /// How to bring a test bed up.
@@ -44,6 +47,8 @@ pub struct TestbedConfig {
     pub tools: Tools,
     /// Directory of kwok Stage YAML files (every `*.yaml` in it is loaded).
     pub stages_dir: PathBuf,
+    /// Directory of the OCI archives every real node imports (`make node-images`).
+    pub node_images: PathBuf,
 }
 
 impl TestbedConfig {
@@ -57,6 +62,7 @@ impl TestbedConfig {
             preset: Preset::blog(),
             tools: Tools::locate()?,
             stages_dir: default_stages_dir(),
+            node_images: workspace_target_dir().join("images/node"),
         })
     }
 }
@@ -100,6 +106,11 @@ impl Testbed {
         let stages = kwok_config(&config.stages_dir)?;
         if let Ok(existing) = Self::attach(&config.dir)
             && existing.state.clusters.len() == config.clusters
+            && existing
+                .state
+                .clusters
+                .iter()
+                .all(|c| c.real_nodes.len() == config.preset.real_nodes_per_cluster)
             && fs::read_to_string(config.dir.join("kwok.yaml"))
                 .is_ok_and(|running| running == stages)
             && existing.check().await.is_ok()
@@ -125,7 +136,7 @@ impl Testbed {
         )
         .await;
         let (clusters, errors): (Vec<_>, Vec<_>) = started.into_iter().partition(Result::is_ok);
-        let testbed = Self {
+        let mut testbed = Self {
             dir: config.dir.clone(),
             state: State {
                 clusters: clusters.into_iter().filter_map(Result::ok).collect(),
@@ -134,10 +145,16 @@ impl Testbed {
         testbed.save()?;
         let result = match errors.into_iter().next() {
             Some(Err(e)) => Err(e),
-            _ => testbed.populate(&config.preset).await,
+            _ => match testbed.start_real_nodes(config).await {
+                Ok(()) => testbed.populate(&config.preset).await,
+                Err(e) => Err(e),
+            },
         };
         if let Err(e) = result {
             // Keep the logs for the post-mortem; the next `up` or `down` removes them.
+            if let Err(teardown) = realnode::teardown(&config.dir) {
+                tracing::warn!("real nodes left things behind: {teardown:#}");
+            }
             testbed.stop_processes();
             return Err(e.context(format!(
                 "test bed failed to start; logs are in {}",
@@ -160,8 +177,10 @@ impl Testbed {
         })
     }
 
-    /// Stops every process of the test bed in `dir` and removes its state. A no-op when there is none.
+    /// Stops every process of the test bed in `dir`, removes what its real nodes made on the
+    /// host, and removes its state. A no-op when there is none.
     pub fn down(dir: &Path) -> anyhow::Result<()> {
+        realnode::teardown(dir)?;
         if let Ok(testbed) = Self::attach(dir) {
             testbed.stop_processes();
         }
@@ -184,6 +203,54 @@ impl Testbed {
             .flat_map(|c| c.processes.clone())
             .collect();
         process::stop_all(&processes, Duration::from_secs(10));
+    }
+
+    /// Starts the preset's real nodes of every cluster, all at once, and records them.
+    async fn start_real_nodes(&mut self, config: &TestbedConfig) -> anyhow::Result<()> {
+        let count = config.preset.real_nodes_per_cluster;
+        if count == 0 {
+            return Ok(());
+        }
+        let machine = realnode::Machine::read()?;
+        let containerd = tools::system_program("containerd")?;
+        let images = node_images(&config.node_images)?;
+        let starts = self
+            .state
+            .clusters
+            .iter()
+            .enumerate()
+            .flat_map(|(c, cluster)| {
+                let names = config.preset.real_node_names(&cluster.name);
+                let (machine, containerd, images) = (machine, &containerd, &images);
+                names
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(n, name)| async move {
+                        let spec = realnode::NodeSpec {
+                            bed_dir: &config.dir,
+                            cluster,
+                            cluster_index: c + 1,
+                            node_index: n + 1,
+                            name,
+                            shape: config.preset.real_node_shape(),
+                            machine,
+                            kubelet: &config.tools.kubelet,
+                            containerd,
+                            images,
+                        };
+                        realnode::start(&spec).await.map(|node| (c, node))
+                    })
+            });
+        let started = futures::future::join_all(starts).await;
+        let mut first_error = None;
+        for result in started {
+            match result {
+                Ok((c, node)) => self.state.clusters[c].real_nodes.push(node),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        self.save()?;
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Ok when every process runs and every apiserver answers ready.
@@ -369,6 +436,7 @@ impl Testbed {
         try_join_all(self.state.clusters.iter().map(|c| async move {
             let client = self.client(&c.name).await?;
             preset::apply(&client, &c.name, preset).await?;
+            allow_apiserver_to_kubelets(&client).await?;
             wait_until(&c.name, "default ServiceAccounts exist", || {
                 let client = client.clone();
                 async move {
@@ -381,15 +449,64 @@ impl Testbed {
             })
             .await?;
             preset::apply_system_pods(&client, &c.name, preset).await?;
+            let nodes = preset.nodes_per_cluster + c.real_nodes.len();
             wait_until(&c.name, "nodes Ready and placeholder pods Running", || {
                 let client = client.clone();
-                async move { cluster_usable(&client, preset.nodes_per_cluster).await }
+                async move {
+                    for node in &c.real_nodes {
+                        realnode::check_running(node)?;
+                        realnode::set_loopback_address(&client, &node.name).await?;
+                    }
+                    cluster_usable(&client, nodes).await
+                }
             })
             .await
         }))
         .await?;
         Ok(())
     }
+}
+
+/// The apiserver's kubelet client may use every kubelet API (logs, exec, port-forward), as
+/// kubeadm binds it.
+async fn allow_apiserver_to_kubelets(client: &Client) -> anyhow::Result<()> {
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "testbed:apiserver-kubelet-client",
+            "labels": { preset::TESTBED_LABEL: "true" },
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:kubelet-api-admin",
+        },
+        "subjects": [{
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "User",
+            "name": pki::APISERVER_KUBELET_CLIENT,
+        }],
+    }))?;
+    preset::create_if_missing(&Api::all(client.clone()), &binding).await
+}
+
+/// The OCI archives in `dir`; the sandbox image must be among them.
+fn node_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let missing = || {
+        format!(
+            "real nodes need the images of {} (run `make node-images`)",
+            dir.display()
+        )
+    };
+    let mut archives: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(missing)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    archives.sort();
+    if !archives.iter().any(|a| a.ends_with("pause.tar")) {
+        bail!("{}: no pause.tar", missing());
+    }
+    Ok(archives)
 }
 
 async fn cluster_usable(client: &Client, nodes_expected: usize) -> anyhow::Result<bool> {

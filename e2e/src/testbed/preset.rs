@@ -28,7 +28,15 @@ pub struct Preset {
     #[serde(default)]
     pub description: String,
     pub node: NodeShape,
+    /// Fake nodes (kwok) per cluster.
     pub nodes_per_cluster: usize,
+    /// Real nodes (a kubelet and a containerd each) per cluster, beside the fake ones.
+    #[serde(default)]
+    pub real_nodes_per_cluster: usize,
+    /// Allocatable resources of a real node, when they differ from `node` (a real node cannot
+    /// offer more than this machine has).
+    #[serde(default)]
+    pub real_node: Option<NodeShape>,
     /// Per cluster name, the CPU requested by a placeholder pod on each node, in node order.
     /// Clusters not listed have no placeholder pods.
     #[serde(default)]
@@ -64,11 +72,23 @@ impl Preset {
             .with_context(|| format!("preset file {name_or_path} is not a valid preset"))
     }
 
-    /// Node names of a cluster, in order.
+    /// Fake node names of a cluster, in order.
     pub fn node_names(&self, cluster: &str) -> Vec<String> {
         (1..=self.nodes_per_cluster)
-            .map(|i| format!("{cluster}-node{i}"))
+            .map(|i| format!("{cluster}-kwok{i}"))
             .collect()
+    }
+
+    /// Real node names of a cluster, in order.
+    pub fn real_node_names(&self, cluster: &str) -> Vec<String> {
+        (1..=self.real_nodes_per_cluster)
+            .map(|i| format!("{cluster}-real{i}"))
+            .collect()
+    }
+
+    /// Allocatable resources of each real node.
+    pub fn real_node_shape(&self) -> &NodeShape {
+        self.real_node.as_ref().unwrap_or(&self.node)
     }
 
     fn system_cpu(&self, cluster: &str, node_index: usize) -> Option<&str> {
@@ -98,16 +118,19 @@ pub async fn apply(client: &Client, cluster: &str, preset: &Preset) -> anyhow::R
     Ok(())
 }
 
-/// Creates the placeholder pods; the namespace's default ServiceAccount must exist.
+/// Creates the placeholder pods, on fake and real nodes alike (the n-th node of each kind gets
+/// the n-th CPU figure); the namespace's default ServiceAccount must exist.
 pub async fn apply_system_pods(
     client: &Client,
     cluster: &str,
     preset: &Preset,
 ) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-    for (index, node) in preset.node_names(cluster).iter().enumerate() {
-        if let Some(cpu) = preset.system_cpu(cluster, index) {
-            create_if_missing(&pods, &placeholder_pod(node, cpu)).await?;
+    for names in [preset.node_names(cluster), preset.real_node_names(cluster)] {
+        for (index, node) in names.iter().enumerate() {
+            if let Some(cpu) = preset.system_cpu(cluster, index) {
+                create_if_missing(&pods, &placeholder_pod(node, cpu)).await?;
+            }
         }
     }
     Ok(())
@@ -139,6 +162,7 @@ fn fake_node(name: &str, shape: &NodeShape) -> Node {
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
                 "type": "kwok",
+                crate::nodes::KIND_LABEL: crate::nodes::KWOK,
                 TESTBED_LABEL: "true",
             },
             // kwok manages the nodes carrying this annotation (see `--manage-nodes-with-annotation-selector`).
@@ -161,7 +185,8 @@ fn placeholder_pod(node: &str, cpu: &str) -> Pod {
             automount_service_account_token: Some(false),
             containers: vec![Container {
                 name: "reserved".into(),
-                image: Some("registry.k8s.io/pause:3.10".into()),
+                image: Some(crate::nodes::PAUSE_IMAGE.into()),
+                image_pull_policy: Some("Never".into()),
                 resources: Some(ResourceRequirements {
                     requests: Some(BTreeMap::from([(
                         "cpu".to_string(),
@@ -216,7 +241,7 @@ mod tests {
 
     #[test]
     fn fake_nodes_carry_the_shape_and_the_kwok_annotation() {
-        let node = fake_node("cluster1-node1", &Preset::blog().node);
+        let node = fake_node("cluster1-kwok1", &Preset::blog().node);
         let status = node.status.unwrap();
         assert_eq!(status.allocatable.unwrap()["cpu"], Quantity("940m".into()));
         assert_eq!(

@@ -38,8 +38,19 @@ pub fn spawn(
     args: &[String],
     log: &Path,
 ) -> anyhow::Result<ProcessRecord> {
+    spawn_with_env(name, program, args, &[], log)
+}
+
+/// Like [`spawn`], with environment variables `env` set on top of ours.
+pub fn spawn_with_env(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> anyhow::Result<ProcessRecord> {
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    spawn_to(name, program, args, log, out)
+    spawn_to(name, program, args, env, log, out)
 }
 
 /// Like [`spawn`], appending to `log` (a restarted process keeps its earlier lines).
@@ -54,19 +65,21 @@ pub fn spawn_appending(
         .append(true)
         .open(log)
         .with_context(|| format!("cannot open {}", log.display()))?;
-    spawn_to(name, program, args, log, out)
+    spawn_to(name, program, args, &[], log, out)
 }
 
 fn spawn_to(
     name: &str,
     program: &Path,
     args: &[String],
+    env: &[(&str, &str)],
     log: &Path,
     out: File,
 ) -> anyhow::Result<ProcessRecord> {
     let err = out.try_clone()?;
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -157,12 +170,16 @@ const OUR_PROGRAMS: &[&str] = &[
     "kube-scheduler",
     "kwok",
     "workflow-controller",
+    "kubelet",
+    "containerd",
+    "containerd-shim-runc-v2",
 ];
 
 /// Every running test bed program whose arguments name a path inside `dir` (the test bed's
-/// state directory). Other processes that mention the directory (shells, make) are never ours.
+/// state directory, which may be gone already). Other processes that mention the directory
+/// (shells, make) are never ours.
 pub fn started_in(dir: &Path) -> Vec<ProcessRecord> {
-    let Ok(dir) = dir.canonicalize() else {
+    let Ok(dir) = dir.canonicalize().or_else(|_| std::path::absolute(dir)) else {
         return Vec::new();
     };
     let needle = dir.display().to_string();

@@ -15,6 +15,7 @@ pub struct Tools {
     pub kube_controller_manager: PathBuf,
     pub kube_scheduler: PathBuf,
     pub kwok: PathBuf,
+    pub kubelet: PathBuf,
 }
 
 impl Tools {
@@ -45,6 +46,19 @@ impl Tools {
             kube_controller_manager: find("kube-controller-manager")?,
             kube_scheduler: find("kube-scheduler")?,
             kwok: find("kwok")?,
+            kubelet: find("kubelet")?,
         })
     }
+}
+
+/// A program of the machine (e.g. Debian's `containerd`), found in `PATH`.
+pub fn system_program(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!("{name} not found in PATH (real nodes need it: run `make packages`)")
+        })
 }
