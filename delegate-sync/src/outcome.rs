@@ -1,18 +1,20 @@
 //! The delegate's result as the proxy records it ([`contract::result`]): only once the
-//! delegate is terminal, and never different afterwards (a pod's terminal status does not
-//! change), so delivering it again is harmless.
+//! delegate's end is decided, and never different afterwards (a pod's terminal status does
+//! not change, nor does a container that ended under `restartPolicy: Never`), so delivering it
+//! again is harmless.
 
 use std::collections::BTreeMap;
 
 use contract::result::{ContainerResult, DelegateResult, FORMAT_VERSION, Phase};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 
-/// The result of a terminal delegate; None while it still runs.
+/// The result of a delegate whose end is decided; None while it still runs.
 pub fn result_of(delegate: &Pod) -> Option<DelegateResult> {
     let status = delegate.status.as_ref()?;
     let phase = match status.phase.as_deref()? {
         "Succeeded" => Phase::Succeeded,
         "Failed" => Phase::Failed,
+        "Running" => settled_phase(delegate, status)?,
         _ => return None,
     };
     let containers: BTreeMap<String, ContainerResult> = status
@@ -28,6 +30,43 @@ pub fn result_of(delegate: &Pod) -> Option<DelegateResult> {
         reason: status.reason.clone(),
         message: status.message.clone(),
         containers,
+    })
+}
+
+/// The phase of a running delegate whose containers (sidecars included) have all ended under
+/// `restartPolicy: Never`: nothing of it can run again, so its phase is decided, as the
+/// kubelet will report it: Failed if a container failed. A real kubelet reports the ended
+/// containers about a second before the phase (it stops the pod's sandbox in between); the
+/// proxy need not wait for that.
+fn settled_phase(delegate: &Pod, status: &PodStatus) -> Option<Phase> {
+    let spec = delegate.spec.as_ref()?;
+    if spec.restart_policy.as_deref() != Some("Never") {
+        return None;
+    }
+    let exit_code = |statuses: &Option<Vec<ContainerStatus>>, name: &str| {
+        statuses
+            .iter()
+            .flatten()
+            .find(|s| s.name == name)
+            .and_then(|s| s.state.as_ref()?.terminated.as_ref())
+            .map(|t| t.exit_code)
+    };
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    for sidecar in sidecars {
+        exit_code(&status.init_container_statuses, &sidecar.name)?;
+    }
+    let mut failed = false;
+    for container in &spec.containers {
+        failed |= exit_code(&status.container_statuses, &container.name)? != 0;
+    }
+    Some(if failed {
+        Phase::Failed
+    } else {
+        Phase::Succeeded
     })
 }
 
@@ -122,6 +161,66 @@ mod tests {
         let wait = result.outcome_for("wait").unwrap();
         assert_eq!(wait.exit_code, 3);
         assert_eq!(wait.message, "main: Error (exit code 3): disk full");
+    }
+
+    fn ended(name: &str, code: i32) -> serde_json::Value {
+        json!({ "name": name, "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": code, "reason": "Completed" } } })
+    }
+
+    fn running(name: &str) -> serde_json::Value {
+        json!({ "name": name, "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+                "state": { "running": {} } })
+    }
+
+    fn delegate(policy: &str, status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": "d" },
+            "spec": {
+                "restartPolicy": policy,
+                "initContainers": [{ "name": "proxy", "restartPolicy": "Always" }],
+                "containers": [{ "name": "main" }, { "name": "wait" }],
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_running_delegate_whose_containers_all_ended_under_never_is_decided() {
+        let all_ended = |main: i32| {
+            json!({
+                "phase": "Running",
+                "initContainerStatuses": [ended("proxy", 137)],
+                "containerStatuses": [ended("main", main), ended("wait", 0)],
+            })
+        };
+        let failed = result_of(&delegate("Never", all_ended(3))).unwrap();
+        assert_eq!(failed.phase, Phase::Failed);
+        assert_eq!(failed.containers["main"].exit_code, 3);
+        let succeeded = result_of(&delegate("Never", all_ended(0))).unwrap();
+        assert_eq!(
+            succeeded.phase,
+            Phase::Succeeded,
+            "a sidecar's exit code does not count"
+        );
+
+        // Not yet: a container or a sidecar still runs, or the kubelet would restart them.
+        let main_runs = json!({
+            "phase": "Running",
+            "initContainerStatuses": [ended("proxy", 0)],
+            "containerStatuses": [running("main"), ended("wait", 0)],
+        });
+        assert_eq!(result_of(&delegate("Never", main_runs)), None);
+        let sidecar_runs = json!({
+            "phase": "Running",
+            "initContainerStatuses": [running("proxy")],
+            "containerStatuses": [ended("main", 0), ended("wait", 0)],
+        });
+        assert_eq!(result_of(&delegate("Never", sidecar_runs)), None);
+        for policy in ["OnFailure", "Always"] {
+            assert_eq!(result_of(&delegate(policy, all_ended(3))), None, "{policy}");
+        }
     }
 
     #[test]
