@@ -1,12 +1,13 @@
 //! The reconciliation of one proxy pod: verify its saved manifest, place it, create its
 //! delegate, mirror the delegate back, record the result, and clean up when the proxy goes.
 //! Level-triggered: every step reads the current state and is safe to repeat; all state lives
-//! in the API objects (the recorded target and delegate name annotations).
+//! in the API objects (the recorded target and delegate name annotations), but for the start of
+//! a short grace ([`KILL_COMMAND_GRACE`]), which a restart merely begins again.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
@@ -99,6 +100,8 @@ pub struct Context {
     /// them. Decided and reserved under one lock, so concurrent reconciliations of a burst
     /// never count the same room twice.
     in_flight: Mutex<BTreeMap<String, Vec<InFlight>>>,
+    /// When each proxy (by uid) was first seen labelled completed by Argo while it ran.
+    argo_completed_seen: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -123,6 +126,7 @@ impl Context {
             timing,
             metrics,
             in_flight: Mutex::default(),
+            argo_completed_seen: Mutex::default(),
         }
     }
 
@@ -481,10 +485,44 @@ async fn follow(
     }
     match stopped(proxy) {
         Some(why) => {
+            if let Some(wait) = kill_command_grace(proxy, context) {
+                return Ok(Action::requeue(wait));
+            }
             stop_delegate(proxy, api, delegate, step.as_ref(), target, context, &why).await
         }
         None => mirror(proxy, api, delegate, step.as_ref(), target, context).await,
     }
+}
+
+/// How long Argo's kill command may still take to end a proxy that Argo labelled completed
+/// while it runs. Argo labels the pod as it execs `proxy-waiter kill` into its containers
+/// (`argo stop`, `terminate`, deadlines); on a real kubelet the exec ends the proxy's
+/// containers with the kill command's exit code and message, 1 to 4 s after the label as
+/// measured with Argo 3.7 (its execs take seconds and go one container after another). The
+/// label alone stops the delegate only after this grace: when the exec cannot reach the
+/// containers, or Argo gave up on the pod.
+const KILL_COMMAND_GRACE: Duration = Duration::from_secs(10);
+
+/// The time left of [`KILL_COMMAND_GRACE`] for a proxy stopped by Argo's label alone; None
+/// when it is over or the proxy stopped otherwise.
+fn kill_command_grace(proxy: &Pod, context: &Context) -> Option<Duration> {
+    grace_left(proxy, &context.argo_completed_seen)
+}
+
+fn grace_left(proxy: &Pod, first_seen: &Mutex<HashMap<String, Instant>>) -> Option<Duration> {
+    let uid = proxy.uid()?;
+    let mut seen = first_seen.lock().unwrap_or_else(|e| e.into_inner());
+    if ended_or_killed(proxy).is_some() || argo_gave_up(proxy).is_none() {
+        seen.remove(&uid);
+        return None;
+    }
+    let first = *seen.entry(uid.clone()).or_insert_with(Instant::now);
+    let left = KILL_COMMAND_GRACE.saturating_sub(first.elapsed());
+    if left.is_zero() {
+        seen.remove(&uid);
+        return None;
+    }
+    Some(left)
 }
 
 /// Writes the target and delegate name back when the proxy's annotations disagree with where
@@ -896,6 +934,11 @@ pub const CLUSTER_LOST: &str = "ClusterLost";
 /// Why the proxy stopped on its own while its delegate runs (its containers were killed, e.g.
 /// by Argo's kill command, or Argo gave up on it); None while it waits for the delegate.
 fn stopped(proxy: &Pod) -> Option<String> {
+    ended_or_killed(proxy).or_else(|| argo_gave_up(proxy))
+}
+
+/// The proxy ended, or a container of it was killed (and will not restart).
+fn ended_or_killed(proxy: &Pod) -> Option<String> {
     let status = proxy.status.as_ref()?;
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return Some(format!(
@@ -919,6 +962,11 @@ fn stopped(proxy: &Pod) -> Option<String> {
             return killed;
         }
     }
+    None
+}
+
+/// Argo labelled the proxy completed while it runs.
+fn argo_gave_up(proxy: &Pod) -> Option<String> {
     (proxy.labels().get(POD_COMPLETED_LABEL).map(String::as_str) == Some("true"))
         .then(|| format!("Argo labelled the proxy {POD_COMPLETED_LABEL}=true while it ran"))
 }
@@ -1300,6 +1348,38 @@ mod tests {
         assert_eq!(stopped(&proxy(running.clone(), json!({}), "Never")), None);
         let argo_running = json!({ "workflows.argoproj.io/completed": "false" });
         assert_eq!(stopped(&proxy(running, argo_running, "Never")), None);
+    }
+
+    #[test]
+    fn argos_label_alone_stops_the_delegate_only_after_the_kill_commands_grace() {
+        let running = json!({ "phase": "Running", "containerStatuses": [
+            container("main", json!({ "running": {} })) ] });
+        let done = json!({ "workflows.argoproj.io/completed": "true" });
+        let mut labelled = proxy(running, done.clone(), "Never");
+        labelled.metadata.uid = Some("u1".into());
+        let seen = Mutex::new(HashMap::new());
+        let grace = |p: &Pod| grace_left(p, &seen);
+        let first = grace(&labelled).expect("the kill command gets its grace");
+        assert!(first <= KILL_COMMAND_GRACE && first > KILL_COMMAND_GRACE / 2);
+        assert!(
+            grace(&labelled).unwrap() <= first,
+            "the grace runs from the first sight"
+        );
+        seen.lock()
+            .unwrap()
+            .insert("u1".into(), Instant::now() - KILL_COMMAND_GRACE);
+        assert_eq!(grace(&labelled), None, "over: the label stops the delegate");
+        assert!(seen.lock().unwrap().is_empty(), "forgotten once over");
+
+        let killed = json!({ "phase": "Running", "containerStatuses": [
+            container("main", json!({ "terminated": { "exitCode": 143 } })) ] });
+        let mut killed = proxy(killed, done, "Never");
+        killed.metadata.uid = Some("u2".into());
+        assert_eq!(
+            grace(&killed),
+            None,
+            "the kill command ended it: stop at once"
+        );
     }
 
     #[test]
