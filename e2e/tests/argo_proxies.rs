@@ -2,8 +2,10 @@
 //! on cluster1, the webhook (TLS, registered with the apiserver) and delegate-sync (targets
 //! cluster1 itself and cluster2). Scenarios A and B are the blog's workflows
 //! ([`e2e::argo::blog`]), with shorter steps.
-//! Where a container would act (Argo's `wait` container writing outputs, the kubelet running
-//! Argo's kill command), the test does exactly what it would do, in the cluster where it would.
+//! Where a container would act on a fake node (Argo's `wait` container writing outputs, the
+//! kubelet running Argo's kill command), the test does exactly what it would do, in the cluster
+//! where it would; the stop test runs its proxy on a real node, where the kubelet itself runs
+//! Argo's kill command.
 
 mod pieces;
 
@@ -32,6 +34,14 @@ const LABEL: &str = "argo-proxies";
 /// Argo on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync, and an
 /// opted-in namespace; None (the test passes, saying why) when the controller is not built.
 async fn argo_with_pieces(test: &str) -> Option<(TestNamespace, Client, pieces::Running)> {
+    argo_with_pieces_on(test, pieces::Proxies::OnFakeNodes).await
+}
+
+/// Like [`argo_with_pieces`], with the proxies where `proxies` says.
+async fn argo_with_pieces_on(
+    test: &str,
+    proxies: pieces::Proxies,
+) -> Option<(TestNamespace, Client, pieces::Running)> {
     if !argo::available() {
         eprintln!(
             "skipping {test}: Argo's workflow-controller is not built (`e2e/tools/build.sh argo`; \
@@ -57,7 +67,10 @@ async fn argo_with_pieces(test: &str) -> Option<(TestNamespace, Client, pieces::
         )
         .await
         .unwrap();
-    let running = pieces::start(env, LABEL, &selector).await;
+    if proxies == pieces::Proxies::OnRealNodes {
+        env.require_real_nodes().unwrap();
+    }
+    let running = pieces::start_with(env, LABEL, &selector, proxies).await;
     // The apiserver picks a new webhook configuration up within moments.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Some((ns, env.client("cluster1").await.unwrap(), running))
@@ -454,4 +467,118 @@ spec:
     wait_for(&proxies, proxy, TIMEOUT, |p: Option<&Pod>| p.is_none())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_node() {
+    let Some((ns, client, _pieces)) =
+        argo_with_pieces_on("stop_real", pieces::Proxies::OnRealNodes).await
+    else {
+        return;
+    };
+    // The step's delegate runs on a fake node of cluster2 (Argo's executor image is not on the
+    // real nodes); its proxy runs proxy-waiter on a real node of cluster1.
+    let workflow = r#"
+metadata:
+  generateName: stopped-
+spec:
+  entrypoint: forever
+  templates:
+  - name: forever
+    metadata:
+      annotations:
+        multicluster.admiralty.io/elect: ""
+        multicluster.admiralty.io/clustername: cluster2
+    container:
+      image: busybox
+      command: [sleep, infinity]
+"#;
+    let name = argo::submit_yaml(&client, &ns.name, workflow)
+        .await
+        .unwrap();
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    let delegates = ns.api::<Pod>("cluster2").await.unwrap();
+    let proxy = argo::wait_for_pod(&client, &ns.name, &name, TIMEOUT, |_| true)
+        .await
+        .unwrap()
+        .name_any();
+    let (_, delegate) = delegate_of(&ns, &proxy).await;
+    let running = wait_for(&proxies, &proxy, TIMEOUT, |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Running")
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let node = running
+        .spec
+        .as_ref()
+        .unwrap()
+        .node_name
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        node.contains("-real"),
+        "the proxy runs on a real node, not {node}"
+    );
+
+    // `argo stop`: the controller execs `/proxy-waiter kill 15` into the proxy's running
+    // containers, through cluster1's apiserver and the real node's kubelet.
+    let started = Instant::now();
+    argo::stop(&client, &ns.name, &name).await.unwrap();
+    let killed = wait_for(&proxies, &proxy, TIMEOUT, |p: Option<&Pod>| {
+        p.and_then(|p| {
+            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+            statuses
+                .iter()
+                .find(|c| c.name == "main")?
+                .state
+                .as_ref()?
+                .terminated
+                .as_ref()
+        })
+        .is_some()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let main = killed
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "main"))
+        .and_then(|c| c.state.as_ref()?.terminated.clone())
+        .unwrap();
+    let killed_after = started.elapsed();
+    assert_eq!(main.exit_code, 143, "{main:?}");
+    assert_eq!(
+        main.message.as_deref(),
+        Some("stopped by SIGTERM (kill command)")
+    );
+    wait_for(
+        &delegates,
+        &delegate.name_any(),
+        TIMEOUT,
+        |d: Option<&Pod>| d.is_none(),
+    )
+    .await
+    .unwrap();
+    let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
+        .await
+        .unwrap();
+    eprintln!(
+        "stop: main ended 143 {:.1} s after `argo stop`; delegate gone and workflow {} after {:.1} s: {}",
+        killed_after.as_secs_f64(),
+        status.phase,
+        started.elapsed().as_secs_f64(),
+        status.message
+    );
+    assert_eq!(status.phase, "Failed", "{:#}", status.raw);
+    let stopped = wait_for(&proxies, &proxy, TIMEOUT, |p: Option<&Pod>| {
+        p.is_some_and(|p| p.annotations().contains_key(RESULT))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let result = &stopped.annotations()[RESULT];
+    assert!(result.contains("Stopped"), "{result}");
 }

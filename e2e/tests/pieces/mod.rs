@@ -1,6 +1,8 @@
 //! The webhook and delegate-sync started in the test's process, as tests of the whole journey
 //! need them (shared by `journey.rs` and `argo_proxies.rs`).
 
+#![allow(dead_code)]
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use contract::manifest::ManifestKey;
@@ -25,9 +27,23 @@ impl Drop for Running {
     }
 }
 
+/// Where the webhook puts proxies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proxies {
+    /// Fake nodes (the default of the test bed), which end proxies by its kwok stage.
+    OnFakeNodes,
+    /// The test bed's real nodes, where the real `proxy-waiter` image runs.
+    OnRealNodes,
+}
+
 /// Starts the webhook (registered for namespaces labelled `<label>=<selector>`) and
 /// delegate-sync (source cluster1; targets cluster1 and cluster2), in this process.
 pub async fn start(env: &TestEnv, label: &str, selector: &str) -> Running {
+    start_with(env, label, selector, Proxies::OnFakeNodes).await
+}
+
+/// Like [`start`], with proxies where `proxies` says.
+pub async fn start_with(env: &TestEnv, label: &str, selector: &str, proxies: Proxies) -> Running {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let dir = e2e::testbed::workspace_target_dir().join(e2e::support::unique_name(label));
     std::fs::create_dir_all(&dir).unwrap();
@@ -43,9 +59,21 @@ pub async fn start(env: &TestEnv, label: &str, selector: &str) -> Running {
         path: "/mutate".into(),
         tls_cert_file: dir.join("tls.crt"),
         tls_private_key_file: dir.join("tls.key"),
-        settings: webhook::mutate::ProxySettings {
-            waiter_image: format!("proxy-waiter:{label}"),
-            ..Default::default()
+        settings: match proxies {
+            Proxies::OnFakeNodes => webhook::mutate::ProxySettings {
+                waiter_image: format!("proxy-waiter:{label}"),
+                ..Default::default()
+            },
+            // The image `make node-images` imports into every real node.
+            Proxies::OnRealNodes => webhook::mutate::ProxySettings {
+                node_selector: [(e2e::nodes::KIND_LABEL.to_string(), e2e::nodes::REAL.into())]
+                    .into_iter()
+                    .collect(),
+                tolerations: vec![
+                    serde_json::to_value(e2e::nodes::real_node_toleration()).unwrap(),
+                ],
+                ..Default::default()
+            },
         },
         key: ManifestKey::from_bytes(KEY).unwrap(),
         excluded_namespaces: vec!["kube-system".into()],
