@@ -386,6 +386,17 @@ async fn start_pieces(
         format!("--manifest-key-file={}", path(&work.manifest_key())),
         // Proxies must not eat the nodes' CPU: the delegates need it.
         "--waiter-requests=cpu=0,memory=8Mi".to_string(),
+        // Every proxy runs the real proxy-waiter image on the test bed's real nodes.
+        format!(
+            "--proxy-node-selector={}={}",
+            e2e::nodes::KIND_LABEL,
+            e2e::nodes::REAL
+        ),
+        format!(
+            "--proxy-tolerations={}={}:NoSchedule",
+            e2e::nodes::KIND_LABEL,
+            e2e::nodes::REAL
+        ),
         "--shutdown-timeout-seconds=2".to_string(),
     ];
     let log = work.log("webhook");

@@ -27,8 +27,9 @@ const DELEGATE_LABEL: &str = "multicluster.admiralty.io/delegate";
 /// Labels and annotations the Job controller puts on its pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
-/// How long every step runs (the blog's `sleep 10`), and what it requests.
-const RUN_FOR: &str = "10s";
+/// What every step runs (the blog's `sleep 10`, for real, on the test bed's real nodes), and
+/// what it requests.
+const SLEEP_SECONDS: &str = "10";
 const CPU_REQUEST: &str = "200m";
 
 /// One Job of a scenario: `completions` pods at once, each a step.
@@ -111,7 +112,7 @@ pub struct Outcome {
 }
 
 fn job(spec: &JobSpec, elected: bool) -> anyhow::Result<Job> {
-    let mut annotations = BTreeMap::from([(e2e::lifecycle::RUN_FOR.to_string(), RUN_FOR)]);
+    let mut annotations: BTreeMap<String, &str> = BTreeMap::new();
     if elected {
         annotations.insert(contract::ELECT.into(), "");
     }
@@ -134,10 +135,13 @@ fn job(spec: &JobSpec, elected: bool) -> anyhow::Result<Job> {
                     "restartPolicy": "Never",
                     "containers": [{
                         "name": "main",
-                        "image": "busybox",
-                        "command": ["sleep", "10"],
+                        "image": e2e::nodes::BUSYBOX_IMAGE,
+                        "command": ["sleep", SLEEP_SECONDS],
                         "resources": { "requests": { "cpu": CPU_REQUEST } },
                     }],
+                    // The real nodes of the test bed (tainted so that only pods asking go there).
+                    "nodeSelector": { e2e::nodes::KIND_LABEL: e2e::nodes::REAL },
+                    "tolerations": [e2e::nodes::real_node_toleration()],
                 },
             },
         },
@@ -290,7 +294,7 @@ pub async fn run(
                 None => String::new(),
             };
             println!(
-                "  +{:5.1}s  created Job {}: {} pod(s) of {CPU_REQUEST} CPU for {RUN_FOR}{what}",
+                "  +{:5.1}s  created Job {}: {} pod(s) of {CPU_REQUEST} CPU running `sleep {SLEEP_SECONDS}`{what}",
                 started.elapsed().as_secs_f64(),
                 spec.name,
                 spec.completions
