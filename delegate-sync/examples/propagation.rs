@@ -14,10 +14,11 @@
 //! The test bed needs three clusters (cluster1 the source; cluster2 and cluster3 the targets),
 //! preferably with the `bench` preset (e2e/testbed/presets/bench.json).
 
+mod common;
+
 use std::{
     collections::HashMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -72,34 +73,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-/// The delegate-sync process, killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn ready(admin: u16) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await else {
-        return false;
-    };
-    let request = b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    let mut answer = String::new();
-    stream.write_all(request).await.is_ok()
-        && stream.read_to_string(&mut answer).await.is_ok()
-        && answer.lines().next().is_some_and(|l| l.contains(" 200 "))
 }
 
 /// Times seen by our watches.
@@ -199,40 +172,6 @@ async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn millis(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(f64::total_cmp);
-    (percentile(&values, 50.0), percentile(&values, 99.0))
-}
-
-/// Peak RSS (KiB) and CPU time (s) of a process, from /proc.
-fn footprint(pid: u32) -> anyhow::Result<(u64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let peak = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("bad stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((peak, ticks as f64 / per_second))
-}
-
 /// The floor: round trips of direct pod creates against a target, `count` at once (for a
 /// single proxy, 20 creates one after the other, so that its p99 means something).
 async fn floor(client: &Client, namespace: &str, count: usize) -> anyhow::Result<Vec<f64>> {
@@ -276,47 +215,9 @@ async fn main() -> anyhow::Result<()> {
         .chain(targets.iter().cloned())
         .collect();
 
-    let work = tempfile_dir()?;
-    let key_file = work.join("key");
-    std::fs::write(&key_file, KEY)?;
-    let admin = free_port()?;
-    let log = std::fs::File::create(work.join("delegate-sync.log"))?;
-    let mut command = Command::new(&args.delegate_sync);
-    command
-        .args(["--cluster-name", "cluster1", "--context", "cluster1"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(TARGETS.iter().flat_map(|t| {
-            [
-                "--target".to_string(),
-                format!("{t}={}#{t}", kubeconfig.display()),
-            ]
-        }))
-        .arg("--manifest-key-file")
-        .arg(&key_file)
-        .args([
-            "--admin-address",
-            &format!("127.0.0.1:{admin}"),
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log);
-    let running = Running(
-        command
-            .spawn()
-            .with_context(|| format!("cannot start {}", args.delegate_sync.display()))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready(admin).await {
-        if Instant::now() > deadline {
-            bail!(
-                "delegate-sync not ready in 60 s; see {}",
-                work.join("delegate-sync.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let work = common::work_dir("propagation-work")?;
+    let running =
+        common::start_delegate_sync(&args.delegate_sync, &kubeconfig, &TARGETS, KEY, &work).await?;
 
     let key = ManifestKey::from_bytes(KEY)?;
     let mut results = Vec::new();
@@ -329,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
             watches.push(watch_delegates(target.clone(), &namespace, seen.clone()));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (_, cpu_before) = footprint(running.0.id())?;
+        let (_, cpu_before) = common::footprint(running.0.id())?;
         let proxies: Api<Pod> = Api::namespaced(source.clone(), &namespace);
         let started = Instant::now();
         futures::stream::iter(0..count)
@@ -365,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let total = started.elapsed().as_secs_f64();
-        let (rss_kib, cpu_after) = footprint(running.0.id())?;
+        let (rss_kib, cpu_after) = common::footprint(running.0.id())?;
         for watch in watches {
             watch.abort();
         }
@@ -383,9 +284,9 @@ async fn main() -> anyhow::Result<()> {
             .map(|d| d.as_secs_f64() * 1000.0)
             .collect();
         let floor_ms = floor(&targets[0], &namespace, count).await?;
-        let (created_p50, created_p99) = millis(to_delegate);
-        let (result_p50, result_p99) = millis(to_result);
-        let (floor_p50, floor_p99) = millis(floor_ms);
+        let (created_p50, created_p99) = common::p50_p99(to_delegate);
+        let (result_p50, result_p99) = common::p50_p99(to_result);
+        let (floor_p50, floor_p99) = common::p50_p99(floor_ms);
         println!(
             "{count:>5} proxies: created→delegate p50 {created_p50:.1} ms p99 {created_p99:.1} ms; \
              ended→result p50 {result_p50:.1} ms p99 {result_p99:.1} ms; floor create p50 {floor_p50:.1} ms \
@@ -409,15 +310,8 @@ async fn main() -> anyhow::Result<()> {
     write_report(&args.out, &results)
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = e2e::testbed::workspace_target_dir().join("bench/propagation-work");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> {
-    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let round = common::round2;
     let mut rows = Vec::new();
     let low = &results[0];
     let floor_p99 = low["floor_create_ms"]["p99"].as_f64().unwrap_or(f64::NAN);
@@ -458,18 +352,11 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
             "unit": "s", "goal": "-"}),
         );
     }
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(
+    common::write_report(
         out,
-        serde_json::to_string_pretty(&json!({
-            "benchmark": "propagation",
-            "baseline": "p99 of a direct pod create against the target apiserver, 1 at a time (same run)",
-            "command": "make bench",
-            "raw": results,
-            "rows": rows,
-        }))?,
-    )?;
-    Ok(())
+        "propagation",
+        "p99 of a direct pod create against the target apiserver, 1 at a time (same run)",
+        json!(results),
+        rows,
+    )
 }

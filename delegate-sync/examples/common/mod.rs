@@ -1,0 +1,170 @@
+//! What the benchmarks share: delegate-sync started as a real process (the release binary),
+//! percentiles, a process's footprint and the report file `summary.py` joins.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+/// The delegate-sync process, killed when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `binary` as the source cluster1's delegate-sync with `targets` (contexts of
+/// `kubeconfig`; `cluster1` means the source itself), manifest key `key`, logging to
+/// `work/delegate-sync.log`, and waits until it is ready.
+pub async fn start_delegate_sync(
+    binary: &Path,
+    kubeconfig: &Path,
+    targets: &[&str],
+    key: &[u8],
+    work: &Path,
+) -> anyhow::Result<Running> {
+    let key_file = work.join("key");
+    std::fs::write(&key_file, key)?;
+    let admin = free_port()?;
+    let log_path = work.join("delegate-sync.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut command = Command::new(binary);
+    command
+        .args(["--cluster-name", "cluster1", "--context", "cluster1"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(targets.iter().flat_map(|t| {
+            let target = if *t == "cluster1" {
+                format!("{t}=self")
+            } else {
+                format!("{t}={}#{t}", kubeconfig.display())
+            };
+            ["--target".to_string(), target]
+        }))
+        .arg("--manifest-key-file")
+        .arg(&key_file)
+        .args([
+            "--admin-address",
+            &format!("127.0.0.1:{admin}"),
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log);
+    let running = Running(
+        command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(admin).await {
+        if Instant::now() > deadline {
+            bail!(
+                "delegate-sync not ready in 60 s; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(running)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn ready(admin: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await else {
+        return false;
+    };
+    let request = b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    let mut answer = String::new();
+    stream.write_all(request).await.is_ok()
+        && stream.read_to_string(&mut answer).await.is_ok()
+        && answer.lines().next().is_some_and(|l| l.contains(" 200 "))
+}
+
+/// A fresh work directory `target/bench/<name>`.
+pub fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = e2e::testbed::workspace_target_dir()
+        .join("bench")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50 and p99 of `values`.
+pub fn p50_p99(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (percentile(&values, 50.0), percentile(&values, 99.0))
+}
+
+/// Peak RSS (KiB) and CPU time (s) of a process, from /proc.
+pub fn footprint(pid: u32) -> anyhow::Result<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("bad stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((peak, ticks as f64 / per_second))
+}
+
+pub fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Writes a benchmark's report where `e2e/bench/summary.py` finds it.
+pub fn write_report(
+    out: &Path,
+    benchmark: &str,
+    baseline: &str,
+    raw: Value,
+    rows: Vec<Value>,
+) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        out,
+        serde_json::to_string_pretty(&json!({
+            "benchmark": benchmark,
+            "baseline": baseline,
+            "command": "make bench",
+            "raw": raw,
+            "rows": rows,
+        }))?,
+    )?;
+    Ok(())
+}

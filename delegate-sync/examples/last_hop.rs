@@ -1,0 +1,454 @@
+//! Last-hop benchmark (`make bench`): on the test bed's real nodes, how long after a delegate's
+//! container is reported ended (by its kubelet, in the target) its proxy's container is
+//! reported ended (by the source's kubelet), and the proxy pod with it: the result written by
+//! delegate-sync (the release binary, a real process), the downward-API file refreshed by the
+//! kubelet, the real `proxy-waiter` exiting, the kubelet reporting it.
+//!
+//! Two ways, in alternating rounds of the same run:
+//! - `downward`: what delegate-sync does; the waiter reads the result from the downward API;
+//! - `exec`: also `proxy-waiter deliver RESULT` through pods/exec into each proxy container
+//!   the moment the result is on the proxy, as delegate-sync's fast path would do it.
+//!
+//! ```text
+//! cargo run --release -p delegate-sync --example last_hop -- \
+//!     --testbed-dir DIR --delegate-sync target/release/delegate-sync --pods 100
+//! ```
+//! The test bed needs a real node in cluster1 and cluster2 (`testbed up --real-nodes 1`).
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use contract::{CLUSTER_NAME, ELECT, RESULT, manifest::ManifestKey};
+use e2e::testbed::Testbed;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api, Client, ResourceExt as _,
+    api::{AttachParams, DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde_json::{Value, json};
+
+const KEY: &[u8] = b"last-hop-benchmark-key-0123456789abcdefgh";
+const SLEEP_SECONDS: &str = "3";
+
+struct Args {
+    testbed_dir: PathBuf,
+    delegate_sync: PathBuf,
+    pods: usize,
+    round: usize,
+    out: PathBuf,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let target = e2e::testbed::workspace_target_dir();
+    let mut args = Args {
+        testbed_dir: target.join("bench-testbed"),
+        delegate_sync: target.join("release/delegate-sync"),
+        pods: 100,
+        round: 20,
+        out: target.join("bench/last-hop.json"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--testbed-dir" => args.testbed_dir = value.into(),
+            "--delegate-sync" => args.delegate_sync = value.into(),
+            "--out" => args.out = value.into(),
+            "--pods" => args.pods = value.parse().context("--pods: a number")?,
+            "--round" => args.round = value.parse().context("--round: a number")?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(args)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Way {
+    Downward,
+    Exec,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Downward => "downward",
+            Way::Exec => "exec",
+        }
+    }
+}
+
+/// Times seen by our watches, per pod name.
+#[derive(Default)]
+struct Seen {
+    delegate_ended: HashMap<String, Instant>,
+    result: HashMap<String, Instant>,
+    container_ended: HashMap<String, Instant>,
+    pod_ended: HashMap<String, Instant>,
+    /// Exec deliveries that did not say `accepted` (the result came first the other way).
+    exec_failures: usize,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+fn record(seen: &Shared, f: impl FnOnce(&mut Seen)) {
+    f(&mut seen.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+fn main_terminated(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "main"))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref())
+        .is_some()
+}
+
+fn terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Delegates in cluster2: when their container is first seen ended.
+fn watch_delegates(client: Client, namespace: &str, seen: Shared) -> tokio::task::JoinHandle<()> {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels("multicluster.admiralty.io/delegate=true");
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = events.next().await {
+            let now = Instant::now();
+            let proxy = pod
+                .annotations()
+                .get("multicluster.admiralty.io/proxy-name")
+                .cloned();
+            if let (Some(proxy), true) = (proxy, main_terminated(&pod)) {
+                record(&seen, |s| {
+                    s.delegate_ended.entry(proxy).or_insert(now);
+                });
+            }
+        }
+    })
+}
+
+/// Proxies in cluster1: their result, their container ended, their pod ended. In an `exec`
+/// round, delivers each result through pods/exec as soon as it is seen.
+fn watch_proxies(
+    client: Client,
+    namespace: &str,
+    seen: Shared,
+    exec_round: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels(&format!("{}=true", contract::PROXY_LABEL));
+        let mut events = watcher(api.clone(), config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = events.next().await {
+            let now = Instant::now();
+            let name = pod.name_any();
+            if let Some(result) = pod.annotations().get(RESULT).cloned() {
+                let first = {
+                    let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    let first = !s.result.contains_key(&name);
+                    s.result.entry(name.clone()).or_insert(now);
+                    first
+                };
+                let exec = exec_round
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&name);
+                if first && exec {
+                    tokio::spawn(deliver(api.clone(), name.clone(), result, seen.clone()));
+                }
+            }
+            record(&seen, |s| {
+                if main_terminated(&pod) {
+                    s.container_ended.entry(name.clone()).or_insert(now);
+                }
+                if terminal(&pod) {
+                    s.pod_ended.entry(name).or_insert(now);
+                }
+            });
+        }
+    })
+}
+
+/// `proxy-waiter deliver RESULT` in the proxy's `main`, through the apiserver and the kubelet.
+async fn deliver(api: Api<Pod>, name: String, result: String, seen: Shared) {
+    let params = AttachParams::default().container("main").stderr(true);
+    let accepted = match api
+        .exec(&name, ["/proxy-waiter", "deliver", &result], &params)
+        .await
+    {
+        Ok(mut process) => {
+            let status = process.take_status();
+            let _ = process.join().await;
+            match status {
+                Some(status) => status
+                    .await
+                    .is_some_and(|s| s.status.as_deref() == Some("Success")),
+                None => false,
+            }
+        }
+        Err(_) => false,
+    };
+    if !accepted {
+        record(&seen, |s| s.exec_failures += 1);
+    }
+}
+
+/// An elected pod, pinned to cluster2, on real nodes, turned into its proxy by the webhook's
+/// own rewrite (with the settings `make demo` gives the webhook).
+fn proxy(namespace: &str, name: &str, key: &ManifestKey) -> anyhow::Result<Pod> {
+    let mut pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": namespace,
+                      "annotations": { ELECT: "", CLUSTER_NAME: "cluster2" } },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": e2e::nodes::BUSYBOX_IMAGE,
+                             "command": ["sleep", SLEEP_SECONDS] }],
+        },
+    }))?;
+    e2e::nodes::on_real_nodes(pod.spec.as_mut().context("a spec")?);
+    let mut value = serde_json::to_value(&pod)?;
+    let settings = webhook::mutate::ProxySettings {
+        requests: [
+            ("cpu".to_string(), json!("0")),
+            ("memory".to_string(), json!("8Mi")),
+        ]
+        .into_iter()
+        .collect(),
+        node_selector: [(e2e::nodes::KIND_LABEL.to_string(), json!(e2e::nodes::REAL))]
+            .into_iter()
+            .collect(),
+        tolerations: vec![serde_json::to_value(e2e::nodes::real_node_toleration())?],
+        ..Default::default()
+    };
+    match webhook::mutate::mutate(&value, namespace, &settings, key) {
+        webhook::mutate::Mutation::Patch(patch) => json_patch::patch(&mut value, &patch)?,
+        other => bail!("the webhook would not make a proxy of {name}: {other:?}"),
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
+    for client in clients {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+        api.create(&PostParams::default(), &namespace).await?;
+    }
+    Ok(())
+}
+
+/// Runs one round: `names` created at once, each waited for until its proxy pod ended; then
+/// the proxies are deleted (delegate-sync deletes the delegates) and waited for.
+async fn round(
+    proxies: &Api<Pod>,
+    namespace: &str,
+    names: &[String],
+    key: &ManifestKey,
+    seen: &Shared,
+) -> anyhow::Result<()> {
+    futures::stream::iter(names)
+        .map(|name| async move {
+            proxies
+                .create(&PostParams::default(), &proxy(namespace, name, key)?)
+                .await?;
+            Ok::<(), anyhow::Error>(())
+        })
+        .buffer_unordered(names.len())
+        .try_collect::<Vec<()>>()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = {
+            let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .iter()
+                .filter(|n| s.pod_ended.contains_key(*n))
+                .count()
+        };
+        if done == names.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {} proxies ended in 180 s", names.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxies
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !proxies.list(&ListParams::default()).await?.items.is_empty() {
+        if Instant::now() > deadline {
+            bail!("proxies not gone 120 s after their deletion");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// Milliseconds from the delegate's container ended to `to`, for `names`.
+fn latencies(seen: &Seen, names: &[String], to: &HashMap<String, Instant>) -> Vec<f64> {
+    names
+        .iter()
+        .filter_map(|n| {
+            Some(
+                to.get(n)?
+                    .saturating_duration_since(*seen.delegate_ended.get(n)?),
+            )
+        })
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = args()?;
+    let testbed = Testbed::attach(&args.testbed_dir)?;
+    for cluster in ["cluster1", "cluster2"] {
+        if testbed.cluster(cluster)?.real_nodes.is_empty() {
+            bail!("{cluster} has no real node: the last hop is measured on real kubelets");
+        }
+    }
+    let source = testbed.client("cluster1").await?;
+    let target = testbed.client("cluster2").await?;
+    let work = common::work_dir("last-hop-work")?;
+    let running = common::start_delegate_sync(
+        &args.delegate_sync,
+        &testbed.kubeconfig_path(),
+        &["cluster2"],
+        KEY,
+        &work,
+    )
+    .await?;
+    let key = ManifestKey::from_bytes(KEY)?;
+    let namespace = format!("last-hop-{}", std::process::id());
+    create_namespace(&[source.clone(), target.clone()], &namespace).await?;
+    let seen = Shared::default();
+    let exec_names = Arc::new(Mutex::new(HashSet::new()));
+    let watches = [
+        watch_delegates(target.clone(), &namespace, seen.clone()),
+        watch_proxies(source.clone(), &namespace, seen.clone(), exec_names.clone()),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let proxies: Api<Pod> = Api::namespaced(source.clone(), &namespace);
+    let mut names: HashMap<Way, Vec<String>> = HashMap::new();
+    let rounds = args.pods.div_ceil(args.round.max(1)) * 2;
+    let started = Instant::now();
+    for r in 0..rounds {
+        let way = if r % 2 == 0 { Way::Downward } else { Way::Exec };
+        let size = args
+            .round
+            .min(args.pods - names.get(&way).map_or(0, Vec::len));
+        let round_names: Vec<String> = (0..size)
+            .map(|i| format!("{}-{r}-{i}", way.name()))
+            .collect();
+        if way == Way::Exec {
+            exec_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(round_names.iter().cloned());
+        }
+        round(&proxies, &namespace, &round_names, &key, &seen).await?;
+        println!(
+            "  round {}/{rounds} ({}, {size} pods) done at {:.0} s",
+            r + 1,
+            way.name(),
+            started.elapsed().as_secs_f64()
+        );
+        names.entry(way).or_default().extend(round_names);
+    }
+    for watch in watches {
+        watch.abort();
+    }
+    let (rss_kib, cpu) = common::footprint(running.0.id())?;
+    drop(running);
+    let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut raw = serde_json::Map::new();
+    for way in [Way::Downward, Way::Exec] {
+        let names = &names[&way];
+        let (result50, result99) = common::p50_p99(latencies(&seen, names, &seen.result));
+        let (container50, container99) =
+            common::p50_p99(latencies(&seen, names, &seen.container_ended));
+        let (pod50, pod99) = common::p50_p99(latencies(&seen, names, &seen.pod_ended));
+        println!(
+            "{:>8}: {} pods: delegate container ended → result on proxy p50 {result50:.0} ms p99 {result99:.0} ms; \
+             → proxy container ended p50 {container50:.0} ms p99 {container99:.0} ms; \
+             → proxy pod ended p50 {pod50:.0} ms p99 {pod99:.0} ms",
+            way.name(),
+            names.len()
+        );
+        raw.insert(
+            way.name().into(),
+            json!({
+                "pods": names.len(),
+                "to_result_ms": { "p50": result50, "p99": result99 },
+                "to_container_ended_ms": { "p50": container50, "p99": container99 },
+                "to_pod_ended_ms": { "p50": pod50, "p99": pod99 },
+            }),
+        );
+    }
+    println!(
+        "exec deliveries not accepted (the downward API was first): {}; delegate-sync peak RSS {rss_kib} KiB, CPU {cpu:.1} s",
+        seen.exec_failures
+    );
+    report(&args.out, Value::Object(raw), seen.exec_failures)
+}
+
+/// Rows for `summary.py`: each way's figures, the exec path against the downward API.
+fn report(out: &std::path::Path, raw: Value, exec_failures: usize) -> anyhow::Result<()> {
+    let round = common::round2;
+    let figure = |way: &str, field: &str, p: &str| raw[way][field][p].as_f64().unwrap_or(f64::NAN);
+    let mut rows = Vec::new();
+    for (what, field) in [
+        ("proxy container ended", "to_container_ended_ms"),
+        ("proxy pod ended", "to_pod_ended_ms"),
+    ] {
+        for p in ["p50", "p99"] {
+            let downward = figure("downward", field, p);
+            rows.push(json!({
+                "measure": format!("delegate container ended → {what}, {p}, downward API"),
+                "ours": round(downward), "baseline": null, "ratio": null, "unit": "ms", "goal": "-",
+            }));
+            let exec = figure("exec", field, p);
+            rows.push(json!({
+                "measure": format!("delegate container ended → {what}, {p}, with exec fast path"),
+                "ours": round(exec), "baseline": round(downward), "ratio": round(exec / downward),
+                "unit": "ms",
+                "goal": if field == "to_container_ended_ms" && p == "p99" {
+                    "build it in if ratio <= 0.7"
+                } else {
+                    "-"
+                },
+            }));
+        }
+    }
+    let mut raw = raw;
+    raw["exec_not_accepted"] = json!(exec_failures);
+    common::write_report(
+        out,
+        "last-hop",
+        "the same latency through the downward API alone (alternating rounds, same run)",
+        raw,
+        rows,
+    )
+}
