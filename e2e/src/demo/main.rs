@@ -30,7 +30,8 @@ pub const SOURCE: &str = "cluster1";
 /// Label on everything the demo creates, so that a rerun finds and removes it.
 pub const DEMO_LABEL: &str = "app.kubernetes.io/part-of";
 pub const DEMO_LABEL_VALUE: &str = "delegate-pods-demo";
-/// Issue #7's goal for multicluster scenario A, in seconds (ideal: 20).
+/// Issue #7's goal for multicluster scenario A, in seconds (ideal: 20), set on fake nodes,
+/// which start and end pods at once.
 const GOAL_SECONDS: f64 = 22.0;
 
 /// The blog's scenarios A and B on the local clusters, through the real webhook and
@@ -554,6 +555,10 @@ async fn scenarios(cli: &Cli, env: &Env, running: &mut Running) -> anyhow::Resul
     };
     if !argo_scenarios.is_empty() {
         step("Argo Workflows: the blog's workflows as the posts submitted them");
+        println!(
+            "  step pods, and so the delegates, run on the fake (kwok) nodes: Argo's executor image\n  \
+             is not on the real nodes yet; the proxies run proxy-waiter on the real nodes"
+        );
         argo::start(env).await?;
         for s in &argo_scenarios {
             scenario::create_namespace(env, &s.scenario).await?;
@@ -714,11 +719,25 @@ fn compare_a(
         .map(|(c, n)| format!("{n} in {c}"))
         .collect();
     println!("  multicluster ran {}", spread.join(", "));
+    // What the same nodes allow: the single-cluster run's pace per wave, with no proxy.
+    let (single_waves, multi_waves) = (
+        report::waves(&single.runs).len(),
+        report::waves(&multi.runs).len(),
+    );
+    if single_waves > 0 {
+        let per_wave = single_s / single_waves as f64;
+        let floor = per_wave * multi_waves as f64;
+        println!(
+            "  the same nodes' pace: {per_wave:.1} s per wave in the single-cluster run, so {multi_waves} waves take {floor:.1} s; \
+             multicluster took {:+.1} s",
+            multi_s - floor
+        );
+    }
     if multi_s <= GOAL_SECONDS {
-        println!("  goal for multicluster (≤ {GOAL_SECONDS:.0} s): met");
+        println!("  goal for multicluster (≤ {GOAL_SECONDS:.0} s, set on fake nodes): met");
     } else {
         println!(
-            "  goal for multicluster (≤ {GOAL_SECONDS:.0} s): MISSED by {:.1} s",
+            "  goal for multicluster (≤ {GOAL_SECONDS:.0} s, set on fake nodes): MISSED by {:.1} s",
             multi_s - GOAL_SECONDS
         );
     }

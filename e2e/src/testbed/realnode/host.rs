@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/a\040b\011c\\d"), "/a b\tc\\d");
+        assert_eq!(unescape(r"/a\040b\011c\134d"), "/a b\tc\\d");
         assert_eq!(unescape(r"/plain/path"), "/plain/path");
         assert_eq!(unescape(r"/trailing\04"), r"/trailing\04");
     }
