@@ -1,0 +1,82 @@
+//! Step 5: what ends a proxy whose delegate will never report: a delegate gone before it
+//! ended, or a target that has not answered for longer than `--cluster-lost-timeout`. The
+//! proxy fails with the reason, so that its owner can run it again.
+
+use std::time::Duration;
+
+use kube::runtime::{controller::Action, events::EventType};
+
+use super::{Context, Error, Proxy, result, stop};
+use crate::{
+    outcome,
+    targets::Target,
+    task_results::{self, Step},
+};
+
+/// The reason of proxies failed because their target stopped answering.
+pub const CLUSTER_LOST: &str = "ClusterLost";
+
+/// A proxy whose target does not answer waits for it, up to `--cluster-lost-timeout`; then it
+/// fails with reason `ClusterLost` so that its owner can run it again elsewhere.
+pub async fn cluster_unreachable(
+    proxy: &Proxy,
+    target: &Target,
+    down: Duration,
+    context: &Context,
+) -> Result<Action, Error> {
+    let timeout = context.timing.cluster_lost_timeout;
+    if down < timeout {
+        return Ok(Action::requeue(timeout - down + Duration::from_millis(100)));
+    }
+    let message = format!(
+        "target cluster {} has not answered for {}s (--cluster-lost-timeout {}s)",
+        target.name,
+        down.as_secs(),
+        timeout.as_secs()
+    );
+    result::record(
+        proxy,
+        context,
+        outcome::lost(CLUSTER_LOST, message.clone()),
+        EventType::Warning,
+        CLUSTER_LOST,
+        message,
+    )
+    .await
+}
+
+/// A delegate that was created is gone and the proxy has no result. When the proxy had
+/// stopped, the delegate went because of that stop (this pass's own, whose result write lost
+/// a race with another update of the proxy, or another replica's): the result is the stop.
+/// Otherwise the delegate was lost before it ended. Decided on the live proxy, which the cache
+/// may not show yet; an Argo step's copied task result is completed first, since no one will
+/// write it again and Argo would hold the workflow open for it.
+pub async fn delegate_gone(
+    proxy: &Proxy,
+    step: Option<&Step>,
+    target: &Target,
+    context: &Context,
+) -> Result<Action, Error> {
+    if let Some(step) = step {
+        task_results::complete_mirror(&context.source, &proxy.pod, step)
+            .await
+            .map_err(Error::Source)?;
+    }
+    let live = proxy.live().await?;
+    let delegate_name = &proxy.delegate_name;
+    let (ended, type_, reason, message) = match stop::stopped(&live) {
+        Some(why) => {
+            let (ended, message) = stop::stop_outcome(&live, &why, delegate_name, target);
+            (ended, EventType::Normal, "DelegateStopped", message)
+        }
+        None => {
+            let message = format!(
+                "delegate {delegate_name} disappeared from {} before it ended",
+                target.name
+            );
+            let ended = outcome::lost("DelegateLost", message.clone());
+            (ended, EventType::Warning, "DelegateLost", message)
+        }
+    };
+    result::record_over(&proxy.api, &live, context, ended, type_, reason, message).await
+}

@@ -1,0 +1,284 @@
+//! The reconciliation of one proxy pod, one module per step of its journey:
+//!
+//! 1. `place`: verify the saved manifest and choose the target;
+//! 2. `create`: create the delegate there (and claim its Argo task result);
+//! 3. `follow`: follow the delegate wherever it runs and mirror it onto the proxy;
+//! 4. `stop`: a proxy that stopped on its own (killed, ended, given up by Argo) stops its
+//!    delegate;
+//! 5. `lost`: a delegate gone before it ended, or a target lost, fails the proxy;
+//! 6. `result`: the result, written once on the proxy;
+//! 7. `clean_up`: a deleted proxy deletes its delegate, then lets go.
+//!
+//! `proxy` holds what every step writes on the proxy (annotations, Events).
+//!
+//! Level-triggered: every step reads the current state and is safe to repeat; all state lives
+//! in the API objects (the recorded target and delegate name annotations), but for the start of
+//! a short grace (`stop::KILL_COMMAND_GRACE`), which a restart merely begins again.
+
+mod clean_up;
+mod create;
+mod follow;
+mod lost;
+mod place;
+mod proxy;
+mod result;
+mod stop;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+use contract::{PROXY_LABEL, RESULT, TARGET_CLUSTER, manifest::ManifestKey};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt as _,
+    runtime::{
+        Controller, WatchStreamExt as _,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+
+use crate::{
+    metrics::Metrics,
+    targets::{Signals, Target},
+};
+
+pub use lost::CLUSTER_LOST;
+pub use proxy::Proxy;
+
+/// Why a reconciliation failed (it is retried with a delay per kind).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("source cluster API: {0}")]
+    Source(#[source] kube::Error),
+    #[error("target cluster {cluster}: {source}")]
+    Target {
+        cluster: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("proxy has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source_api",
+            Self::Target { .. } => "target_api",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+
+    fn on(target: &Target) -> impl FnOnce(kube::Error) -> Self + '_ {
+        move |source| Self::Target {
+            cluster: target.name.clone(),
+            source,
+        }
+    }
+}
+
+/// How long the controller waits, for what.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Safety-net retry of proxies that fit nowhere (watch events place them first).
+    pub pending_retry: Duration,
+    /// After this long unreachable, a target's running proxies fail `ClusterLost` and deleted
+    /// proxies are released without deleting their delegates there.
+    pub cluster_lost_timeout: Duration,
+    /// Proxies reconciled at the same time.
+    pub concurrency: u16,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub cluster_name: String,
+    pub source: Client,
+    pub targets: Vec<Target>,
+    pub key: ManifestKey,
+    pub recorder: Recorder,
+    pub timing: Timing,
+    pub metrics: Arc<Metrics>,
+    /// Delegates decided but not yet in the target's cache, per cluster: placement counts
+    /// them. Decided and reserved under one lock, so concurrent reconciliations of a burst
+    /// never count the same room twice.
+    in_flight: Mutex<BTreeMap<String, Vec<place::InFlight>>>,
+    /// When each proxy (by uid) was first seen labelled completed by Argo while it ran.
+    argo_completed_seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    pub fn new(
+        cluster_name: String,
+        source: Client,
+        targets: Vec<Target>,
+        key: ManifestKey,
+        timing: Timing,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "delegate-sync".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(source.clone(), reporter),
+            cluster_name,
+            source,
+            targets,
+            key,
+            timing,
+            metrics,
+            in_flight: Mutex::default(),
+            argo_completed_seen: Mutex::default(),
+        }
+    }
+
+    fn target(&self, name: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// How often a running proxy is looked at again without any event: a watch that restarts may
+/// miss a deletion, and a lost delegate must still fail its proxy.
+const RESYNC: Duration = Duration::from_secs(20);
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    context: Arc<Context>,
+    delegate_events: futures::stream::BoxStream<'static, ObjectRef<Pod>>,
+    signals: Signals,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let proxies: Api<Pod> = Api::all(context.source.clone());
+    let metrics = context.metrics.clone();
+    let (store, writer) = reflector::store();
+    let proxy_changes = reflector::reflector(
+        writer,
+        watcher(
+            proxies,
+            watcher::Config::default()
+                .labels(&format!("{PROXY_LABEL}=true"))
+                .page_size(100),
+        )
+        .modify(|proxy: &mut Pod| proxy.metadata.managed_fields = None),
+    )
+    .default_backoff()
+    .applied_objects();
+    // Bounded: every reconciliation in flight may hold a connection to an apiserver, and a
+    // burst of a thousand proxies must not open a thousand TLS connections.
+    let controller = Controller::for_stream(proxy_changes, store).with_config(
+        kube::runtime::controller::Config::default().concurrency(context.timing.concurrency),
+    );
+    let unplaced = wake_when(controller.store(), signals.room_freed, |proxy| {
+        let annotations = proxy.annotations();
+        !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
+    });
+    // A target that stops or starts answering concerns every proxy placed and not ended, and
+    // every proxy being deleted.
+    let placed = wake_when(controller.store(), signals.reachability_changed, |proxy| {
+        let annotations = proxy.annotations();
+        proxy.metadata.deletion_timestamp.is_some()
+            || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
+    });
+    let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
+    controller
+        .reconcile_on(futures::stream::select_all([
+            delegate_events,
+            unplaced,
+            placed,
+        ]))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics
+                .reconciliations
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                .inc();
+            async move {
+                match result {
+                    Ok((proxy, _)) => tracing::debug!(%proxy, "reconciled"),
+                    // A proxy deleted while queued: nothing to do.
+                    Err(kube::runtime::controller::Error::ObjectNotFound(proxy)) => {
+                        tracing::debug!(%proxy, "gone before its reconciliation");
+                    }
+                    Err(e) => tracing::warn!("reconcile failed: {e}"),
+                }
+            }
+        })
+        .await;
+    sweeping.abort();
+}
+
+/// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications
+/// coalesce into one pass).
+fn wake_when(
+    proxies: Store<Pod>,
+    notify: Arc<Notify>,
+    concerned: fn(&Pod) -> bool,
+) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
+    futures::stream::unfold((proxies, notify), move |(proxies, notify)| async move {
+        notify.notified().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let woken: Vec<ObjectRef<Pod>> = proxies
+            .state()
+            .iter()
+            .filter(|p| concerned(p))
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect();
+        Some((futures::stream::iter(woken), (proxies, notify)))
+    })
+    .flatten()
+    .boxed()
+}
+
+fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(kind = error.metric_label(), "{error}");
+    let cluster = match error {
+        Error::Target { cluster, .. } => cluster.as_str(),
+        _ => context.cluster_name.as_str(),
+    };
+    context
+        .metrics
+        .api_errors
+        .get_or_create(&Metrics::cluster(cluster))
+        .inc();
+    Action::requeue(match error {
+        Error::Target { .. } => Duration::from_secs(5),
+        _ => Duration::from_secs(2),
+    })
+}
+
+/// Reconciles one proxy, through the steps of its journey.
+pub async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, Error> {
+    let proxy = Proxy::new(pod, &context)?;
+    if proxy.pod.metadata.deletion_timestamp.is_some() {
+        return clean_up::run(&proxy, &context).await;
+    }
+    if proxy.pod.annotations().contains_key(RESULT) {
+        return Ok(Action::await_change());
+    }
+    // An existing delegate is followed wherever it runs, whatever the proxy's annotations say
+    // now: the pod's owner may edit them, and must not move or duplicate what runs elsewhere.
+    if let Some((target, delegate)) = follow::find(&proxy, &context) {
+        return follow::run_found(&proxy, &context, target, &delegate).await;
+    }
+    let (manifest, spec) = match place::saved_manifest(&proxy, &context) {
+        place::Manifest::Valid { manifest, spec } => (manifest, spec),
+        place::Manifest::Missing => return Ok(Action::await_change()),
+        place::Manifest::Invalid(why) => return result::reject(&proxy, &context, &why).await,
+    };
+    match place::run(&proxy, &manifest, &spec, &context).await? {
+        place::Placed::In(target) => create::run(&proxy, &manifest, target, &context).await,
+        place::Placed::NotYet(action) => Ok(action),
+    }
+}
