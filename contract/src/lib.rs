@@ -32,11 +32,24 @@ pub const SOURCEPOD_MANIFEST: &str = "multicluster.admiralty.io/sourcepod-manife
 /// `delegate-sync` and read by `proxy-waiter` through the downward API.
 pub const RESULT: &str = "multicluster.admiralty.io/result";
 
-/// Proxy annotation recording the target cluster delegate-sync chose (never changed after).
+/// Proxy annotation recording the target cluster delegate-sync chose for the current delegate
+/// (removed when a delegate is replaced, see [`RESTARTS`]).
 pub const TARGET_CLUSTER: &str = "multicluster.admiralty.io/target-cluster";
 
 /// Proxy annotation recording the name of the delegate once delegate-sync created it.
 pub const DELEGATE_NAME: &str = "multicluster.admiralty.io/delegate-name";
+
+/// How many times delegate-sync replaced the delegate of a proxy whose `restartPolicy` is
+/// `Always` or `OnFailure` (a decimal number; absent: never). On the proxy, and on each
+/// delegate: the number of the replacement it is.
+pub const RESTARTS: &str = "multicluster.admiralty.io/restarts";
+
+/// Proxy annotation: when delegate-sync last replaced its delegate (RFC 3339).
+pub const RESTARTED_AT: &str = "multicluster.admiralty.io/restarted-at";
+
+/// Proxy annotation: how often each container of the current delegate was restarted by its
+/// kubelet, as compact JSON (`{"main":2}`); absent while none was.
+pub const CONTAINER_RESTARTS: &str = "multicluster.admiralty.io/container-restarts";
 
 /// Label on every proxy pod (value `true`).
 pub const PROXY_LABEL: &str = "multicluster.admiralty.io/proxy";
@@ -92,7 +105,13 @@ mod tests {
 
     #[test]
     fn keys_live_under_the_product_domain() {
-        for key in [ELECT, CLUSTER_NAME, SOURCEPOD_MANIFEST] {
+        for key in [
+            ELECT,
+            CLUSTER_NAME,
+            SOURCEPOD_MANIFEST,
+            RESTARTS,
+            CONTAINER_RESTARTS,
+        ] {
             assert!(is_own_key(key), "{key}");
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use contract::{DOMAIN, is_own_key};
+use contract::{DOMAIN, RESTARTS, is_own_key};
 use serde_json::{Map, Value, json};
 
 /// Label on every delegate (value `true`).
@@ -28,6 +28,8 @@ pub struct ProxyRef {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// Which replacement of the proxy's delegate this is (0: the first delegate).
+    pub restart: u32,
 }
 
 /// Why a delegate cannot be built.
@@ -37,10 +39,20 @@ pub enum DelegateError {
     NotAPod(String),
 }
 
-/// `<cluster>-<namespace>-<name>`, or, past [`MAX_NAME`], a prefix of it and a hash of the
-/// whole: deterministic, so a restarted controller finds the delegate it already made.
+/// `<cluster>-<namespace>-<name>` (`...-r<N>` for the N-th replacement), or, past
+/// [`MAX_NAME`], a prefix of it and a hash of the whole: deterministic, so a restarted
+/// controller finds the delegate it already made, and a replacement never shares the name of
+/// the delegate it replaces (a cache that still shows the old one cannot be taken for it).
 pub fn delegate_name(proxy: &ProxyRef) -> String {
-    let full = format!("{}-{}-{}", proxy.cluster, proxy.namespace, proxy.name).to_lowercase();
+    let replacement = match proxy.restart {
+        0 => String::new(),
+        n => format!("-r{n}"),
+    };
+    let full = format!(
+        "{}-{}-{}{replacement}",
+        proxy.cluster, proxy.namespace, proxy.name
+    )
+    .to_lowercase();
     if full.len() <= MAX_NAME {
         return full;
     }
@@ -108,6 +120,7 @@ pub fn build(saved: &Value, proxy: &ProxyRef) -> Result<Value, DelegateError> {
         (PROXY_NAMESPACE, &proxy.namespace),
         (PROXY_NAME, &proxy.name),
         (PROXY_UID, &proxy.uid),
+        (RESTARTS, &proxy.restart.to_string()),
     ] {
         annotations.insert(key.into(), json!(value));
     }
@@ -183,6 +196,7 @@ mod tests {
             namespace: "team-a".into(),
             name: name.into(),
             uid: "5e0e4c37-1f0b-11e9-a6a3-42010a800002".into(),
+            restart: 0,
         }
     }
 
@@ -223,6 +237,27 @@ mod tests {
             "the hash tells long names apart"
         );
         assert!(name.starts_with("cluster1-team-a-very-long"));
+    }
+
+    #[test]
+    fn a_replacement_has_a_name_of_its_own_and_says_which_it_is() {
+        let third = ProxyRef {
+            restart: 3,
+            ..proxy("step")
+        };
+        assert_eq!(delegate_name(&third), "cluster1-team-a-step-r3");
+        let long = ProxyRef {
+            restart: 1,
+            ..proxy(&"very-long-workflow-step-name-".repeat(4))
+        };
+        let first = ProxyRef {
+            restart: 0,
+            ..long.clone()
+        };
+        assert_ne!(delegate_name(&long), delegate_name(&first));
+        assert_eq!(delegate_name(&long).len(), MAX_NAME);
+        let delegate = build(&serde_json::from_str(SAVED).unwrap(), &third).unwrap();
+        assert_eq!(delegate["metadata"]["annotations"][RESTARTS], "3");
     }
 
     #[test]
