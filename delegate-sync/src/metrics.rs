@@ -24,6 +24,7 @@ pub struct Metrics {
     pub target_synced: Family<ClusterLabel, Gauge>,
     pub target_reachable: Family<ClusterLabel, Gauge>,
     pub orphans_deleted: Family<ClusterLabel, Counter>,
+    pub restarts: Family<ClusterLabel, Counter>,
     /// Proxy created → delegate created.
     pub delegate_created_seconds: Histogram,
     /// Delegate ended → result recorded on the proxy.
@@ -44,6 +45,7 @@ impl Metrics {
             target_synced: Family::default(),
             target_reachable: Family::default(),
             orphans_deleted: Family::default(),
+            restarts: Family::default(),
             delegate_created_seconds: buckets(),
             result_recorded_seconds: buckets(),
         };
@@ -77,6 +79,11 @@ impl Metrics {
             "orphans_deleted",
             "Delegates deleted because their proxy is gone or lost them, by target cluster",
             metrics.orphans_deleted.clone(),
+        );
+        sub.register(
+            "restarts",
+            "Delegates replaced under restartPolicy Always or OnFailure, by the cluster of the one replaced",
+            metrics.restarts.clone(),
         );
         sub.register(
             "delegate_created_seconds",

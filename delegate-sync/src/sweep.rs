@@ -1,10 +1,11 @@
 //! The orphan sweep: delegates whose proxy is gone (deleted while their target was away, or
-//! deleted by hand with its finalizer removed) or whose proxy failed `ClusterLost` are deleted,
-//! so that nothing runs in a target that no proxy waits for.
+//! deleted by hand with its finalizer removed), whose proxy failed `ClusterLost`, or that a
+//! newer delegate replaced while their target was away are deleted, so that nothing runs in a
+//! target that no proxy waits for.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use contract::{PROXY_LABEL, RESULT, result::DelegateResult};
+use contract::{PROXY_LABEL, RESTARTS, RESULT, result::DelegateResult};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt as _,
@@ -74,9 +75,16 @@ fn orphaned(delegate: &Pod, proxy: Option<&ObjectMeta>) -> Option<&'static str> 
     if wanted_uid.is_some() && proxy.uid.as_ref() != wanted_uid {
         return Some("its proxy was replaced by another pod of the same name");
     }
-    let lost = proxy
-        .annotations
-        .as_ref()
+    let annotations = proxy.annotations.as_ref();
+    let restarts = |a: Option<&BTreeMap<String, String>>| -> u32 {
+        a.and_then(|a| a.get(RESTARTS))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    if restarts(delegate.metadata.annotations.as_ref()) < restarts(annotations) {
+        return Some("a newer delegate replaced it while this cluster was away");
+    }
+    let lost = annotations
         .and_then(|a| a.get(RESULT))
         .and_then(|r| DelegateResult::decode(r).ok())
         .is_some_and(|r| r.reason.as_deref() == Some(CLUSTER_LOST));
@@ -175,5 +183,16 @@ mod tests {
             json!({"metadata": {"name": "p", "uid": "u1", "annotations": {RESULT: ended.encode()}}}),
         );
         assert_eq!(orphaned(&delegate, Some(&done.metadata)), None);
+        let moved =
+            pod(json!({"metadata": {"name": "p", "uid": "u1", "annotations": {RESTARTS: "1"}}}));
+        assert!(
+            orphaned(&delegate, Some(&moved.metadata))
+                .unwrap()
+                .contains("newer delegate")
+        );
+        let current = pod(
+            json!({"metadata": {"name": "d", "labels": {PROXY_UID: "u1"}, "annotations": {RESTARTS: "1"}}}),
+        );
+        assert_eq!(orphaned(&current, Some(&moved.metadata)), None);
     }
 }

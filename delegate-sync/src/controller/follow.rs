@@ -2,9 +2,9 @@
 //! and the proxy's uid, whatever the proxy's annotations say now) and mirrored onto the proxy:
 //! its annotations, an Argo step's task result, and its result once it ended.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
-use contract::{DELEGATE_NAME, SOURCEPOD_MANIFEST, TARGET_CLUSTER, is_own_key};
+use contract::{CONTAINER_RESTARTS, DELEGATE_NAME, SOURCEPOD_MANIFEST, TARGET_CLUSTER, is_own_key};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     ResourceExt as _,
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{
     Context, Error, Proxy, RESYNC, lost, place,
     proxy::{patch_annotations, patch_annotations_at, publish, seconds_since},
-    result, stop,
+    restart, result, stop,
 };
 use crate::{
     delegate, outcome,
@@ -158,7 +158,7 @@ async fn mirror(
     step: Option<&Step>,
 ) -> Result<Action, Error> {
     let current = proxy.pod.annotations();
-    let changed: serde_json::Map<String, Value> = delegate
+    let mut changed: serde_json::Map<String, Value> = delegate
         .annotations()
         .iter()
         // The delegate carries the owner's kill commands: the proxy's must stay proxy-waiter's.
@@ -170,8 +170,16 @@ async fn mirror(
         .filter(|(k, v)| current.get(*k) != Some(v))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
+    let restarted = container_restarts(delegate);
+    let shown = current.get(CONTAINER_RESTARTS).cloned();
+    if shown != restarted {
+        changed.insert(CONTAINER_RESTARTS.into(), json!(restarted));
+    }
     if !changed.is_empty() {
         patch_annotations(&proxy.api, &proxy.pod, Value::Object(changed)).await?;
+    }
+    if shown != restarted {
+        publish_container_restarts(proxy, context, delegate, shown.as_deref()).await;
     }
     let ended = outcome::result_of(delegate);
     if let Some(step) = step {
@@ -181,6 +189,21 @@ async fn mirror(
     let Some(ended) = ended else {
         return Ok(Action::requeue(RESYNC));
     };
+    if restart::replaces(restart::policy(proxy), Some(ended.phase)) {
+        let why = format!(
+            "delegate {} in {} ended ({:?}{})",
+            delegate.name_any(),
+            target.name,
+            ended.phase,
+            ended
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        let old = restart::Old::Present(delegate);
+        return restart::run(proxy, context, target, old, &why).await;
+    }
     let reason = if ended.phase == contract::result::Phase::Succeeded {
         "DelegateSucceeded"
     } else {
@@ -252,6 +275,73 @@ pub async fn claim_task_result(
             proxy,
             EventType::Warning,
             "TaskResultNotClaimed",
+            note,
+        )
+        .await;
+    }
+}
+
+/// How often the kubelet restarted each container of the delegate, as the proxy shows it
+/// (compact JSON, `{"main":2}`); None while none was.
+fn container_restarts(delegate: &Pod) -> Option<String> {
+    let status = delegate.status.as_ref()?;
+    let counts: BTreeMap<&str, i32> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|c| c.restart_count > 0)
+        .map(|c| (c.name.as_str(), c.restart_count))
+        .collect();
+    (!counts.is_empty()).then(|| json!(counts).to_string())
+}
+
+/// An Event per container restarted since the proxy last showed it, with how it last ended,
+/// so that `kubectl describe` on the proxy tells.
+async fn publish_container_restarts(
+    proxy: &Proxy,
+    context: &Context,
+    delegate: &Pod,
+    shown: Option<&str>,
+) {
+    let before: BTreeMap<String, i32> = shown
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let Some(status) = delegate.status.as_ref() else {
+        return;
+    };
+    let statuses = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for c in statuses.filter(|c| c.restart_count > before.get(&c.name).copied().unwrap_or(0)) {
+        let last = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| {
+                format!(
+                    "; it last ended with exit code {}{}",
+                    t.exit_code,
+                    t.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
+        let note = format!(
+            "container {} of delegate {} restarted: {} time(s) in all{last}",
+            c.name,
+            delegate.name_any(),
+            c.restart_count
+        );
+        publish(
+            context,
+            &proxy.pod,
+            EventType::Warning,
+            "DelegateContainerRestarted",
             note,
         )
         .await;

@@ -1,12 +1,13 @@
-//! Step 5: what ends a proxy whose delegate will never report: a delegate gone before it
-//! ended, or a target that has not answered for longer than `--cluster-lost-timeout`. The
-//! proxy fails with the reason, so that its owner can run it again.
+//! Step 5: a delegate that will never report: gone before it ended, or in a target that has
+//! not answered for longer than `--cluster-lost-timeout`. A proxy whose `restartPolicy`
+//! restarts its containers gets a new delegate (`restart`); any other fails with the reason,
+//! so that its owner can run it again.
 
 use std::time::Duration;
 
 use kube::runtime::{controller::Action, events::EventType};
 
-use super::{Context, Error, Proxy, result, stop};
+use super::{Context, Error, Proxy, restart, result, stop};
 use crate::{
     outcome,
     targets::Target,
@@ -34,6 +35,10 @@ pub async fn cluster_unreachable(
         down.as_secs(),
         timeout.as_secs()
     );
+    if restart::replaces(restart::policy(proxy), None) {
+        let why = format!("delegate {} is lost: {message}", proxy.delegate_name);
+        return restart::run(proxy, context, target, restart::Old::ClusterLost, &why).await;
+    }
     result::record(
         proxy,
         context,
@@ -64,6 +69,13 @@ pub async fn delegate_gone(
     }
     let live = proxy.live().await?;
     let delegate_name = &proxy.delegate_name;
+    if stop::stopped(&live).is_none() && restart::replaces(restart::policy(proxy), None) {
+        let why = format!(
+            "delegate {delegate_name} disappeared from {} before it ended",
+            target.name
+        );
+        return restart::run(proxy, context, target, restart::Old::Gone, &why).await;
+    }
     let (ended, type_, reason, message) = match stop::stopped(&live) {
         Some(why) => {
             let (ended, message) = stop::stop_outcome(&live, &why, delegate_name, target);

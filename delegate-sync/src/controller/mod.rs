@@ -5,7 +5,8 @@
 //! 3. `follow`: follow the delegate wherever it runs and mirror it onto the proxy;
 //! 4. `stop`: a proxy that stopped on its own (killed, ended, given up by Argo) stops its
 //!    delegate;
-//! 5. `lost`: a delegate gone before it ended, or a target lost, fails the proxy;
+//! 5. `lost`: a delegate gone before it ended, or a target lost, fails the proxy; `restart`:
+//!    unless the pod's `restartPolicy` restarts it, then a new delegate replaces it;
 //! 6. `result`: the result, written once on the proxy;
 //! 7. `clean_up`: a deleted proxy deletes its delegate, then lets go.
 //!
@@ -21,6 +22,7 @@ mod follow;
 mod lost;
 mod place;
 mod proxy;
+mod restart;
 mod result;
 mod stop;
 

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::{
     Context, Error, Proxy,
     proxy::{patch_annotations_at, publish},
+    restart,
 };
 use crate::{
     metrics::Metrics,
@@ -84,6 +85,10 @@ pub async fn run<'a>(
 ) -> Result<Placed<'a>, Error> {
     let target_name = match proxy.pod.annotations().get(TARGET_CLUSTER) {
         Some(name) => name.clone(),
+        // A replacement backs off like a crashing container.
+        None if let Some(wait) = restart::waiting(proxy) => {
+            return Ok(Placed::NotYet(Action::requeue(wait)));
+        }
         None => match decide(proxy, manifest, spec, context).await? {
             Ok(name) => name,
             Err(action) => return Ok(Placed::NotYet(action)),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use contract::RESTARTS;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource as _, ResourceExt as _,
@@ -33,6 +34,11 @@ impl Proxy {
             namespace: namespace.clone(),
             name: pod.name_any(),
             uid: pod.uid().unwrap_or_default(),
+            restart: pod
+                .annotations()
+                .get(RESTARTS)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
         };
         Ok(Self {
             api: Api::namespaced(context.source.clone(), &namespace),
