@@ -1909,6 +1909,10 @@ async fn delegate_sync_chart_refuses_edits_of_a_proxys_keys_to_all_but_delegate_
             json!({ "metadata": { "annotations": { contract::RESULT: "{}" } } }),
         ),
         (
+            "the restart count",
+            json!({ "metadata": { "annotations": { contract::RESTARTS: "7" } } }),
+        ),
+        (
             "the proxy label",
             json!({ "metadata": { "labels": { contract::PROXY_LABEL: null } } }),
         ),

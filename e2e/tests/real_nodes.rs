@@ -1,7 +1,8 @@
 //! The last hop on real kubelets: proxies run the real `proxy-waiter` image on the test bed's
 //! real nodes (containerd, runc, the downward API refreshed by the kubelet itself) and their
 //! delegates run busybox on real nodes of the target. What a kubelet reports of the proxy is
-//! what Jobs and Argo read: container by container, the delegate's exit code and message.
+//! what Jobs and Argo read: container by container, the delegate's exit code and message; and
+//! a delegate container its kubelet restarted shows on the proxy, whose waiter waits on.
 
 mod pieces;
 
@@ -10,16 +11,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use contract::{DELEGATE_NAME, RESULT, result::TERMINATION_MESSAGE_LIMIT};
+use contract::{CONTAINER_RESTARTS, DELEGATE_NAME, RESULT, result::TERMINATION_MESSAGE_LIMIT};
 use e2e::{
     TestEnv, TestNamespace,
     nodes::{self, BUSYBOX_IMAGE},
     support::{unique_name, wait_for},
 };
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ContainerStateTerminated, Pod},
+};
 use kube::{
     ResourceExt as _,
-    api::{LogParams, PostParams},
+    api::{ListParams, LogParams, PostParams},
 };
 use serde_json::json;
 
@@ -238,5 +242,96 @@ async fn a_message_over_4_kib_is_cut_visibly_and_the_kubelet_keeps_the_cut() {
     assert!(
         result.len() > TERMINATION_MESSAGE_LIMIT,
         "the recorded result keeps the whole message"
+    );
+}
+
+#[tokio::test]
+async fn a_job_on_failure_whose_container_fails_once_completes_and_its_proxy_shows_the_restart() {
+    let (_env, ns, _pieces) = opted_in_namespace("real-onfailure").await;
+    // The delegate's kubelet restarts the failed container in place (restartPolicy OnFailure);
+    // the second run finds the file the first one left and succeeds.
+    let mut template = elected_pod(
+        "retry",
+        &[],
+        &[(
+            "main",
+            "if [ -e /data/ran ]; then exit 0; fi; touch /data/ran; exit 3",
+        )],
+    );
+    let spec = template.spec.as_mut().unwrap();
+    spec.restart_policy = Some("OnFailure".into());
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({ "name": "data", "emptyDir": {} })).unwrap(),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({ "name": "data", "mountPath": "/data" })).unwrap(),
+    ]);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": { "name": "retry" },
+        "spec": {
+            "backoffLimit": 0,
+            "template": { "metadata": template.metadata, "spec": template.spec },
+        },
+    }))
+    .unwrap();
+    let jobs = ns.api::<Job>("cluster1").await.unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let done = wait_for(
+        &jobs,
+        "retry",
+        Duration::from_secs(120),
+        |j: Option<&Job>| {
+            j.and_then(|j| j.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed")
+                    })
+                })
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = done.status.unwrap();
+    assert!(
+        status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True"),
+        "the Job completes"
+    );
+    assert_eq!(
+        status.failed.unwrap_or(0),
+        0,
+        "no failure counted against backoffLimit"
+    );
+    let proxies = ns
+        .api::<Pod>("cluster1")
+        .await
+        .unwrap()
+        .list(&ListParams::default().labels("job-name=retry"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(proxies.len(), 1, "one pod: the proxy was never replaced");
+    let proxy = &proxies[0];
+    assert_eq!(
+        proxy
+            .annotations()
+            .get(CONTAINER_RESTARTS)
+            .map(String::as_str),
+        Some(r#"{"main":1}"#),
+        "the delegate's container restart shows on the proxy"
+    );
+    let proxy_main = proxy
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "main"))
+        .unwrap();
+    assert_eq!(
+        proxy_main.restart_count, 0,
+        "the waiter itself never restarted"
     );
 }

@@ -199,6 +199,23 @@ pub fn proxy_with(
     .unwrap()
 }
 
+/// `proxy` with another `restartPolicy`, on the proxy and in its sealed manifest.
+pub fn with_restart_policy(ns: &TestNamespace, mut proxy: Pod, policy: &str) -> Pod {
+    let key = ManifestKey::from_bytes(KEY).unwrap();
+    let annotations = proxy.metadata.annotations.as_mut().unwrap();
+    let saved = key
+        .open(&ns.name, &annotations[SOURCEPOD_MANIFEST])
+        .unwrap();
+    let mut saved: serde_json::Value = serde_json::from_str(saved).unwrap();
+    saved["spec"]["restartPolicy"] = json!(policy);
+    annotations.insert(
+        SOURCEPOD_MANIFEST.into(),
+        key.seal(&ns.name, &saved.to_string()),
+    );
+    proxy.spec.as_mut().unwrap().restart_policy = Some(policy.into());
+    proxy
+}
+
 fn proxy_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut labels = labels.clone();
     labels.insert(PROXY_LABEL.into(), "true".into());

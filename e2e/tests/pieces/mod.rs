@@ -44,6 +44,17 @@ pub async fn start(env: &TestEnv, label: &str, selector: &str) -> Running {
 
 /// Like [`start`], with proxies where `proxies` says.
 pub async fn start_with(env: &TestEnv, label: &str, selector: &str, proxies: Proxies) -> Running {
+    start_with_timeout(env, label, selector, proxies, Duration::from_secs(3600)).await
+}
+
+/// Like [`start_with`], with delegate-sync's `--cluster-lost-timeout`.
+pub async fn start_with_timeout(
+    env: &TestEnv,
+    label: &str,
+    selector: &str,
+    proxies: Proxies,
+    cluster_lost_timeout: Duration,
+) -> Running {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let dir = e2e::testbed::workspace_target_dir().join(e2e::support::unique_name(label));
     std::fs::create_dir_all(&dir).unwrap();
@@ -125,7 +136,7 @@ pub async fn start_with(env: &TestEnv, label: &str, selector: &str, proxies: Pro
         ],
         key: ManifestKey::from_bytes(KEY).unwrap(),
         pending_retry: Duration::from_secs(600),
-        cluster_lost_timeout: Duration::from_secs(3600),
+        cluster_lost_timeout,
         leader_election: None,
         concurrency: 16,
         admin_address: "127.0.0.1:0".parse().unwrap(),
