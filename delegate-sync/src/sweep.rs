@@ -9,14 +9,14 @@ use contract::{PROXY_LABEL, RESTARTS, RESULT, result::DelegateResult};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt as _,
-    api::{DeleteParams, ListParams, ObjectMeta, Preconditions},
+    api::{ListParams, ObjectMeta},
 };
 use tokio::sync::Notify;
 
 use crate::{
     controller::{CLUSTER_LOST, Context},
     delegate::PROXY_UID,
-    targets::{Target, bounded, proxy_of},
+    targets::{Target, proxy_of},
 };
 
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -123,16 +123,8 @@ async fn sweep(
 
 async fn delete(context: &Context, target: &Target, delegate: &Pod, why: &str) {
     let namespace = delegate.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
-    let only_this_one = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: delegate.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match bounded(api.delete(&delegate.name_any(), &only_this_one)).await {
-        Ok(_) => {
+    match target.delete_delegate(delegate).await {
+        Ok(()) => {
             tracing::info!(target = %target.name, %namespace, delegate = %delegate.name_any(), "orphan deleted: {why}");
             context
                 .metrics
@@ -140,7 +132,6 @@ async fn delete(context: &Context, target: &Target, delegate: &Pod, why: &str) {
                 .get_or_create(&crate::metrics::Metrics::cluster(&target.name))
                 .inc();
         }
-        Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
         Err(e) => {
             tracing::warn!(target = %target.name, delegate = %delegate.name_any(), "orphan sweep: cannot delete: {e}");
         }

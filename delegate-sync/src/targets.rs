@@ -14,7 +14,8 @@ use anyhow::Context as _;
 use futures::{Stream, StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt as _,
+    api::{DeleteParams, Preconditions},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
         WatchStreamExt as _,
@@ -268,6 +269,28 @@ impl Target {
     /// The delegate named `name` in `namespace`, from the cache.
     pub fn delegate(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.delegates.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Deletes `delegate`, that very pod (uid precondition), in the background with its own
+    /// grace period, as a kubelet stops a pod. Gone already, or replaced by another pod of the
+    /// same name, is fine: it is not there any more.
+    pub async fn delete_delegate(&self, delegate: &Pod) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            &delegate.namespace().unwrap_or_default(),
+        );
+        let only_this = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: delegate.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match bounded(api.delete(&delegate.name_any(), &only_this)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -16,14 +16,13 @@ use contract::{
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     Api, ResourceExt as _,
-    api::DeleteParams,
     runtime::{controller::Action, events::EventType},
 };
 use serde_json::json;
 
 use super::{
     Context, Error, Proxy,
-    proxy::{api_code, patch_annotations_at, publish},
+    proxy::{patch_annotations_at, publish},
 };
 use crate::{
     metrics::Metrics,
@@ -112,22 +111,14 @@ pub async fn run(
 
 /// Deletes the old delegate (its uid only) and tells whether it is gone.
 async fn deleted(target: &Target, delegate: &Pod) -> Result<bool, Error> {
+    target
+        .delete_delegate(delegate)
+        .await
+        .map_err(Error::on(target))?;
     let delegates: Api<Pod> = Api::namespaced(
         target.client.clone(),
         &delegate.namespace().unwrap_or_default(),
     );
-    let only_this = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: delegate.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match bounded(delegates.delete(&delegate.name_any(), &only_this)).await {
-        Ok(_) => {}
-        Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
-        Err(source) => return Err(Error::on(target)(source)),
-    }
     let now = bounded(delegates.get_opt(&delegate.name_any()))
         .await
         .map_err(Error::on(target))?;

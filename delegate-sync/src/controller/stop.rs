@@ -12,17 +12,12 @@ use std::{
 use contract::{argo::POD_COMPLETED_LABEL, result::DelegateResult};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, ResourceExt as _,
-    api::DeleteParams,
+    ResourceExt as _,
     runtime::{controller::Action, events::EventType},
 };
 
-use super::{Context, Error, Proxy, follow, proxy::api_code, result};
-use crate::{
-    outcome,
-    targets::{Target, bounded},
-    task_results::Step,
-};
+use super::{Context, Error, Proxy, follow, result};
+use crate::{outcome, targets::Target, task_results::Step};
 
 /// Why the proxy stopped on its own while its delegate runs (its containers were killed, e.g.
 /// by Argo's kill command, or Argo gave up on it); None while it waits for the delegate.
@@ -83,22 +78,10 @@ pub async fn run(
         follow::mirror_task_result(&proxy.pod, delegate, step, true, target, context).await?;
     }
     if outcome::result_of(delegate).is_none() {
-        let delegates: Api<Pod> = Api::namespaced(
-            target.client.clone(),
-            &delegate.namespace().unwrap_or_default(),
-        );
-        let only_this = DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: delegate.uid(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
-        match bounded(delegates.delete(&delegate.name_any(), &only_this)).await {
-            Ok(_) => {}
-            Err(e) if matches!(api_code(&e), Some(404 | 409)) => {}
-            Err(source) => return Err(Error::on(target)(source)),
-        }
+        target
+            .delete_delegate(delegate)
+            .await
+            .map_err(Error::on(target))?;
     }
     let (stopped, message) = stop_outcome(&proxy.pod, why, &delegate.name_any(), target);
     result::record(
