@@ -235,4 +235,28 @@ async fn a_deployment_of_elected_pods_keeps_its_delegates_through_losses() {
             && d.get("cluster2").is_some_and(Vec::is_empty)
     })
     .await;
+
+    // Deleting the Deployment deletes every proxy and delegate (and frees the room the next
+    // test binary counts on) while delegate-sync still runs to release the proxies.
+    ns.api::<Deployment>("cluster1")
+        .await
+        .unwrap()
+        .delete("replicas", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    until(&ns, "proxies gone", TIMEOUT, |p, _| p.is_empty()).await;
+    for cluster in ["cluster1", "cluster2"] {
+        let delegates = ns.api::<Pod>(cluster).await.unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while !delegates
+            .list(&ListParams::default().labels("multicluster.admiralty.io/delegate=true"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "delegates left in {cluster}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 }
