@@ -104,6 +104,7 @@ impl Testbed {
     /// Brings the test bed up, or reuses it when one with the same clusters is already healthy.
     pub async fn up(config: &TestbedConfig) -> anyhow::Result<Self> {
         let stages = kwok_config(&config.stages_dir)?;
+        let images = images_fingerprint(&config.node_images, &config.preset);
         if let Ok(existing) = Self::attach(&config.dir)
             && existing.state.clusters.len() == config.clusters
             && existing
@@ -113,6 +114,8 @@ impl Testbed {
                 .all(|c| c.real_nodes.len() == config.preset.real_nodes_per_cluster)
             && fs::read_to_string(config.dir.join("kwok.yaml"))
                 .is_ok_and(|running| running == stages)
+            && fs::read_to_string(config.dir.join(IMAGES_FILE))
+                .is_ok_and(|running| running == images)
             && existing.check().await.is_ok()
         {
             tracing::info!(dir = %config.dir.display(), "test bed already up");
@@ -124,6 +127,8 @@ impl Testbed {
         let kwok_config = config.dir.join("kwok.yaml");
         fs::write(&kwok_config, &stages)
             .with_context(|| format!("cannot write {}", kwok_config.display()))?;
+        fs::write(config.dir.join(IMAGES_FILE), &images)
+            .with_context(|| format!("cannot write {IMAGES_FILE} in {}", config.dir.display()))?;
         let names: Vec<String> = (1..=config.clusters)
             .map(|i| format!("cluster{i}"))
             .collect();
@@ -180,13 +185,15 @@ impl Testbed {
     /// Stops every process of the test bed in `dir`, removes what its real nodes made on the
     /// host, and removes its state. A no-op when there is none.
     pub fn down(dir: &Path) -> anyhow::Result<()> {
-        realnode::teardown(dir)?;
+        // Whatever the real nodes leave, the control planes still go.
+        let nodes = realnode::teardown(dir);
         if let Ok(testbed) = Self::attach(dir) {
             testbed.stop_processes();
         }
         // A state file that is missing, corrupt or from an older build must not leave
         // processes behind: every process of ours names the state directory in its arguments.
         process::stop_all(&process::started_in(dir), Duration::from_secs(10));
+        nodes.context("the real nodes left things on the host")?;
         match fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove {}", dir.display()))
@@ -487,6 +494,39 @@ async fn allow_apiserver_to_kubelets(client: &Client) -> anyhow::Result<()> {
         }],
     }))?;
     preset::create_if_missing(&Api::all(client.clone()), &binding).await
+}
+
+/// What the real nodes of a running test bed imported: one up whose images changed since (a
+/// new proxy-waiter, say) is replaced.
+const IMAGES_FILE: &str = "node-images.txt";
+
+/// Names, sizes and modification times of the archives real nodes import; empty without real
+/// nodes.
+fn images_fingerprint(dir: &Path, preset: &Preset) -> String {
+    if preset.real_nodes_per_cluster == 0 {
+        return String::new();
+    }
+    let mut lines: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            Some(format!(
+                "{} {} {}",
+                e.file_name().to_string_lossy(),
+                meta.len(),
+                modified.as_nanos()
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 /// The OCI archives in `dir`; the sandbox image must be among them.
