@@ -76,6 +76,27 @@ async fn argo_with_pieces_on(
     Some((ns, env.client("cluster1").await.unwrap(), running))
 }
 
+/// A workflow of one elected step, pinned to cluster2, that runs until stopped.
+fn forever(prefix: &str) -> String {
+    format!(
+        r#"
+metadata:
+  generateName: {prefix}-
+spec:
+  entrypoint: forever
+  templates:
+  - name: forever
+    metadata:
+      annotations:
+        multicluster.admiralty.io/elect: ""
+        multicluster.admiralty.io/clustername: cluster2
+    container:
+      image: busybox
+      command: [sleep, infinity]
+"#
+    )
+}
+
 /// The delegates of this namespace's proxies, per cluster.
 async fn delegates_per_cluster(ns: &TestNamespace) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -366,29 +387,10 @@ async fn terminating_or_deleting_a_workflow_stops_its_delegates() {
     let Some((ns, client, _pieces)) = argo_with_pieces("terminate").await else {
         return;
     };
-    let workflow = |suffix: &str| {
-        format!(
-            r#"
-metadata:
-  generateName: {suffix}-
-spec:
-  entrypoint: forever
-  templates:
-  - name: forever
-    metadata:
-      annotations:
-        multicluster.admiralty.io/elect: ""
-        multicluster.admiralty.io/clustername: cluster2
-    container:
-      image: busybox
-      command: [sleep, infinity]
-"#
-        )
-    };
-    let terminated = argo::submit_yaml(&client, &ns.name, &workflow("terminated"))
+    let terminated = argo::submit_yaml(&client, &ns.name, &forever("terminated"))
         .await
         .unwrap();
-    let deleted = argo::submit_yaml(&client, &ns.name, &workflow("deleted"))
+    let deleted = argo::submit_yaml(&client, &ns.name, &forever("deleted"))
         .await
         .unwrap();
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
@@ -478,22 +480,7 @@ async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_nod
     };
     // The step's delegate runs on a fake node of cluster2 (Argo's executor image is not on the
     // real nodes); its proxy runs proxy-waiter on a real node of cluster1.
-    let workflow = r#"
-metadata:
-  generateName: stopped-
-spec:
-  entrypoint: forever
-  templates:
-  - name: forever
-    metadata:
-      annotations:
-        multicluster.admiralty.io/elect: ""
-        multicluster.admiralty.io/clustername: cluster2
-    container:
-      image: busybox
-      command: [sleep, infinity]
-"#;
-    let name = argo::submit_yaml(&client, &ns.name, workflow)
+    let name = argo::submit_yaml(&client, &ns.name, &forever("stopped"))
         .await
         .unwrap();
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
