@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::{
     Testbed, TestbedConfig,
     support::wait_for,
-    testbed::{kubeconfig, realnode, workspace_target_dir},
+    testbed::{self, kubeconfig, realnode, workspace_target_dir},
 };
 use k8s_openapi::api::{
     core::v1::{Pod, ServiceAccount},
@@ -56,7 +56,11 @@ async fn private_test_bed_is_idempotent_and_stops_cleanly() -> anyhow::Result<()
     )?;
     Testbed::down(&dir)?;
     for pid in pids.into_iter().chain(node_processes) {
-        assert!(!runs(pid), "process {pid} still runs");
+        // A killed shim is not our child: the machine's init reaps it in its own time.
+        assert!(
+            !testbed::alive(i32::try_from(pid)?),
+            "process {pid} still runs"
+        );
     }
     assert!(!dir.exists(), "state removed");
     let left = realnode::leftovers(&dir, &prefix);
@@ -161,18 +165,6 @@ async fn service_account_kubeconfig_has_only_granted_rights(
         "no rights beyond the grant"
     );
     Ok(())
-}
-
-/// Whether `pid` exists and is not a zombie: a killed shim is not our child, and whoever
-/// inherits it (the machine's init) reaps it in its own time.
-fn runs(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
 }
 
 fn pids(dir: &std::path::Path) -> anyhow::Result<Vec<i64>> {

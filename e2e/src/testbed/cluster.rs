@@ -56,6 +56,20 @@ impl ClusterState {
             .chain(self.real_nodes.iter().flat_map(|n| &n.processes))
             .find(|p| !p.is_running())
     }
+
+    /// Fails, with the end of its log, when a process of the cluster has exited.
+    pub fn ensure_running(&self) -> anyhow::Result<()> {
+        match self.stopped_process() {
+            Some(p) => bail!(
+                "{}: {} is not running; last lines of {}:\n{}",
+                self.name,
+                p.name,
+                p.log.display(),
+                p.log_tail(10)
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);

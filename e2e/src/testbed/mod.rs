@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use cluster::ClusterState;
 pub use kubeconfig::{Credentials, Entry};
 pub use preset::Preset;
+pub use process::alive;
 pub use realnode::RealNodeState;
 pub use tools::{TOOLS_BIN_ENV, Tools};
 
@@ -263,15 +264,7 @@ impl Testbed {
     /// Ok when every process runs and every apiserver answers ready.
     pub async fn check(&self) -> anyhow::Result<()> {
         for c in &self.state.clusters {
-            if let Some(p) = c.stopped_process() {
-                bail!(
-                    "{}: {} is not running; last lines of {}:\n{}",
-                    c.name,
-                    p.name,
-                    p.log.display(),
-                    p.log_tail(10)
-                );
-            }
+            c.ensure_running()?;
             let client = self.client(&c.name).await?;
             let body = client
                 .request_text(http::Request::get("/readyz").body(Vec::new())?)
@@ -460,8 +453,8 @@ impl Testbed {
             wait_until(&c.name, "nodes Ready and placeholder pods Running", || {
                 let client = client.clone();
                 async move {
+                    c.ensure_running()?;
                     for node in &c.real_nodes {
-                        realnode::check_running(node)?;
                         realnode::set_loopback_address(&client, &node.name).await?;
                     }
                     cluster_usable(&client, nodes).await

@@ -207,6 +207,12 @@ pub fn started_in(dir: &Path) -> Vec<ProcessRecord> {
         .collect()
 }
 
+/// Whether `pid` exists and is not a zombie (a zombie holds nothing but its pid, and only its
+/// parent can reap it).
+pub fn alive(pid: i32) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
 /// Start time of a process in clock ticks since boot, which tells a recorded pid from a
 /// reused one.
 pub fn start_ticks(pid: i32) -> Option<u64> {

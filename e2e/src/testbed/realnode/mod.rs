@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api, Client,
@@ -293,25 +293,10 @@ pub fn shim_pids(dir: &Path) -> Vec<i32> {
 /// The sockets of the shims that run now for the test bed in `dir` (to check afterwards that
 /// none is left behind).
 pub fn shim_sockets(dir: &Path) -> Vec<PathBuf> {
-    process::started_in(dir)
-        .iter()
-        .filter(|p| p.name == "containerd-shim-runc-v2")
-        .flat_map(|p| host::shim_socket_paths(p.pid))
+    shim_pids(dir)
+        .into_iter()
+        .flat_map(host::shim_socket_paths)
         .collect()
-}
-
-/// Fails with the reason when a node's kubelet or containerd has exited.
-pub fn check_running(node: &RealNodeState) -> anyhow::Result<()> {
-    if let Some(p) = node.processes.iter().find(|p| !p.is_running()) {
-        bail!(
-            "{}: {} is not running; last lines of {}:\n{}",
-            node.name,
-            p.name,
-            p.log.display(),
-            p.log_tail(10)
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
