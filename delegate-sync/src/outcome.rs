@@ -17,19 +17,24 @@ pub fn result_of(delegate: &Pod) -> Option<DelegateResult> {
         "Running" => settled_phase(delegate, status)?,
         _ => return None,
     };
-    let containers: BTreeMap<String, ContainerResult> = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .filter_map(terminated)
-        .collect();
+    let containers: BTreeMap<String, ContainerResult> =
+        statuses(delegate).filter_map(terminated).collect();
     Some(DelegateResult {
         version: FORMAT_VERSION,
         phase,
         reason: status.reason.clone(),
         message: status.message.clone(),
         containers,
+    })
+}
+
+/// The statuses of every container of a pod, init containers (sidecars) first.
+pub fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status.iter().flat_map(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
     })
 }
 

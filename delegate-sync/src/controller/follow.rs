@@ -170,16 +170,20 @@ async fn mirror(
         .filter(|(k, v)| current.get(*k) != Some(v))
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
-    let restarted = container_restarts(delegate);
-    let shown = current.get(CONTAINER_RESTARTS).cloned();
-    if shown != restarted {
-        changed.insert(CONTAINER_RESTARTS.into(), json!(restarted));
+    let restarts = restart_counts(delegate);
+    let shown: BTreeMap<String, i32> = current
+        .get(CONTAINER_RESTARTS)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    if restarts != shown {
+        let text = (!restarts.is_empty()).then(|| json!(restarts).to_string());
+        changed.insert(CONTAINER_RESTARTS.into(), json!(text));
     }
     if !changed.is_empty() {
         patch_annotations(&proxy.api, &proxy.pod, Value::Object(changed)).await?;
     }
-    if shown != restarted {
-        publish_container_restarts(proxy, context, delegate, shown.as_deref()).await;
+    if restarts != shown {
+        publish_container_restarts(proxy, context, delegate, &shown).await;
     }
     let ended = outcome::result_of(delegate);
     if let Some(step) = step {
@@ -281,19 +285,13 @@ pub async fn claim_task_result(
     }
 }
 
-/// How often the kubelet restarted each container of the delegate, as the proxy shows it
-/// (compact JSON, `{"main":2}`); None while none was.
-fn container_restarts(delegate: &Pod) -> Option<String> {
-    let status = delegate.status.as_ref()?;
-    let counts: BTreeMap<&str, i32> = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
+/// How often the kubelet restarted each container of the delegate (those it restarted), as
+/// the proxy shows it in compact JSON (`{"main":2}`).
+fn restart_counts(delegate: &Pod) -> BTreeMap<String, i32> {
+    outcome::statuses(delegate)
         .filter(|c| c.restart_count > 0)
-        .map(|c| (c.name.as_str(), c.restart_count))
-        .collect();
-    (!counts.is_empty()).then(|| json!(counts).to_string())
+        .map(|c| (c.name.clone(), c.restart_count))
+        .collect()
 }
 
 /// An Event per container restarted since the proxy last showed it, with how it last ended,
@@ -302,20 +300,11 @@ async fn publish_container_restarts(
     proxy: &Proxy,
     context: &Context,
     delegate: &Pod,
-    shown: Option<&str>,
+    shown: &BTreeMap<String, i32>,
 ) {
-    let before: BTreeMap<String, i32> = shown
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    let Some(status) = delegate.status.as_ref() else {
-        return;
-    };
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    for c in statuses.filter(|c| c.restart_count > before.get(&c.name).copied().unwrap_or(0)) {
+    let restarted = outcome::statuses(delegate)
+        .filter(|c| c.restart_count > shown.get(&c.name).copied().unwrap_or(0));
+    for c in restarted {
         let last = c
             .last_state
             .as_ref()
@@ -350,12 +339,7 @@ async fn publish_container_restarts(
 
 /// When the delegate's last container ended.
 fn ended_at(delegate: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
-    let status = delegate.status.as_ref()?;
-    status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
+    outcome::statuses(delegate)
         .filter_map(|c| {
             c.state
                 .as_ref()?
