@@ -32,7 +32,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client, ResourceExt as _,
     api::{AttachParams, DeleteParams, ListParams, PostParams},
-    runtime::{WatchStreamExt as _, watcher},
 };
 use serde_json::{Value, json};
 
@@ -99,10 +98,6 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
-fn record(seen: &Shared, f: impl FnOnce(&mut Seen)) {
-    f(&mut seen.lock().unwrap_or_else(|e| e.into_inner()));
-}
-
 fn main_terminated(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -121,24 +116,15 @@ fn terminal(pod: &Pod) -> bool {
 
 /// Delegates in cluster2: when their container is first seen ended.
 fn watch_delegates(client: Client, namespace: &str, seen: Shared) -> tokio::task::JoinHandle<()> {
-    let api: Api<Pod> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
-        let config = watcher::Config::default().labels("multicluster.admiralty.io/delegate=true");
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(pod)) = events.next().await {
-            let now = Instant::now();
-            let proxy = pod
-                .annotations()
-                .get("multicluster.admiralty.io/proxy-name")
-                .cloned();
-            if let (Some(proxy), true) = (proxy, main_terminated(&pod)) {
-                record(&seen, |s| {
-                    s.delegate_ended.entry(proxy).or_insert(now);
-                });
-            }
+    common::watch_pods(client, namespace, &common::delegates(), move |pod, now| {
+        let proxy = pod
+            .annotations()
+            .get(delegate_sync::delegate::PROXY_NAME)
+            .cloned();
+        if let (Some(proxy), true) = (proxy, main_terminated(&pod)) {
+            common::record(&seen, |s| {
+                s.delegate_ended.entry(proxy).or_insert(now);
+            });
         }
     })
 }
@@ -151,40 +137,32 @@ fn watch_proxies(
     seen: Shared,
     exec_round: Arc<Mutex<HashSet<String>>>,
 ) -> tokio::task::JoinHandle<()> {
-    let api: Api<Pod> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
-        let config = watcher::Config::default().labels(&format!("{}=true", contract::PROXY_LABEL));
-        let mut events = watcher(api.clone(), config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(pod)) = events.next().await {
-            let now = Instant::now();
-            let name = pod.name_any();
-            if let Some(result) = pod.annotations().get(RESULT).cloned() {
-                let first = {
-                    let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    let first = !s.result.contains_key(&name);
-                    s.result.entry(name.clone()).or_insert(now);
-                    first
-                };
-                let exec = exec_round
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&name);
-                if first && exec {
-                    tokio::spawn(deliver(api.clone(), name.clone(), result, seen.clone()));
-                }
-            }
-            record(&seen, |s| {
-                if main_terminated(&pod) {
-                    s.container_ended.entry(name.clone()).or_insert(now);
-                }
-                if terminal(&pod) {
-                    s.pod_ended.entry(name).or_insert(now);
-                }
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let proxies = format!("{}=true", contract::PROXY_LABEL);
+    common::watch_pods(client, namespace, &proxies, move |pod, now| {
+        let name = pod.name_any();
+        if let Some(result) = pod.annotations().get(RESULT).cloned() {
+            let mut first = false;
+            common::record(&seen, |s| {
+                first = !s.result.contains_key(&name);
+                s.result.entry(name.clone()).or_insert(now);
             });
+            let exec = exec_round
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&name);
+            if first && exec {
+                tokio::spawn(deliver(api.clone(), name.clone(), result, seen.clone()));
+            }
         }
+        common::record(&seen, |s| {
+            if main_terminated(&pod) {
+                s.container_ended.entry(name.clone()).or_insert(now);
+            }
+            if terminal(&pod) {
+                s.pod_ended.entry(name).or_insert(now);
+            }
+        });
     })
 }
 
@@ -208,7 +186,7 @@ async fn deliver(api: Api<Pod>, name: String, result: String, seen: Shared) {
         Err(_) => false,
     };
     if !accepted {
-        record(&seen, |s| s.exec_failures += 1);
+        common::record(&seen, |s| s.exec_failures += 1);
     }
 }
 

@@ -30,11 +30,7 @@ use contract::{
 use e2e::{lifecycle, testbed::Testbed};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::{
-    Api, Client, ResourceExt as _,
-    api::PostParams,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Api, Client, ResourceExt as _, api::PostParams};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"propagation-benchmark-key-0123456789abcdef";
@@ -86,58 +82,37 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
-fn record(seen: &Shared, f: impl FnOnce(&mut Seen)) {
-    f(&mut seen.lock().unwrap_or_else(|e| e.into_inner()));
-}
-
-/// Watches delegates in a target: first sight, and the first time they are terminal.
+/// Delegates in a target: first sight, and the first time they are terminal.
 fn watch_delegates(client: Client, namespace: &str, seen: Shared) -> tokio::task::JoinHandle<()> {
-    let api: Api<Pod> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
-        let config = watcher::Config::default().labels("multicluster.admiralty.io/delegate=true");
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(pod)) = events.next().await {
-            let now = Instant::now();
-            let Some(proxy) = pod
-                .annotations()
-                .get("multicluster.admiralty.io/proxy-name")
-                .cloned()
-            else {
-                continue;
-            };
-            let ended = matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            record(&seen, |s| {
-                s.delegate_created.entry(proxy.clone()).or_insert(now);
-                if ended {
-                    s.delegate_ended.entry(proxy).or_insert(now);
-                }
-            });
-        }
+    common::watch_pods(client, namespace, &common::delegates(), move |pod, now| {
+        let Some(proxy) = pod
+            .annotations()
+            .get(delegate_sync::delegate::PROXY_NAME)
+            .cloned()
+        else {
+            return;
+        };
+        let ended = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        common::record(&seen, |s| {
+            s.delegate_created.entry(proxy.clone()).or_insert(now);
+            if ended {
+                s.delegate_ended.entry(proxy).or_insert(now);
+            }
+        });
     })
 }
 
-/// Watches proxies in the source: the first time each carries a result.
+/// Proxies in the source: the first time each carries a result.
 fn watch_results(client: Client, namespace: &str, seen: Shared) -> tokio::task::JoinHandle<()> {
-    let api: Api<Pod> = Api::namespaced(client, namespace);
-    tokio::spawn(async move {
-        let config = watcher::Config::default().labels(&format!("{PROXY_LABEL}=true"));
-        let mut events = watcher(api, config)
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(pod)) = events.next().await {
-            let now = Instant::now();
-            if pod.annotations().contains_key(RESULT) {
-                record(&seen, |s| {
-                    s.result.entry(pod.name_any()).or_insert(now);
-                });
-            }
+    let proxies = format!("{PROXY_LABEL}=true");
+    common::watch_pods(client, namespace, &proxies, move |pod, now| {
+        if pod.annotations().contains_key(RESULT) {
+            common::record(&seen, |s| {
+                s.result.entry(pod.name_any()).or_insert(now);
+            });
         }
     })
 }
@@ -241,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
                 let pod = proxy(&namespace, &name, &key);
                 async move {
                     let pod = pod?;
-                    record(&seen, |s| {
+                    common::record(&seen, |s| {
                         s.created.insert(name.clone(), Instant::now());
                     });
                     proxies.create(&PostParams::default(), &pod).await?;

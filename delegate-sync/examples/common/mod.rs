@@ -1,16 +1,56 @@
 //! What the benchmarks share: delegate-sync started as a real process (the release binary),
-//! percentiles, a process's footprint and the report file `summary.py` joins.
+//! watches that time what they see on one clock, percentiles, a process's footprint and the
+//! report file `summary.py` joins.
 
 #![allow(dead_code)]
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, watcher},
+};
 use serde_json::{Value, json};
+
+/// Watches the pods of `namespace` that `labels` selects and hands each version seen to
+/// `seen`, with the moment this process saw it: every interval is taken on one clock, watch
+/// delivery counted at both ends.
+pub fn watch_pods(
+    client: Client,
+    namespace: &str,
+    labels: &str,
+    mut seen: impl FnMut(Pod, Instant) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(labels);
+    tokio::spawn(async move {
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(pod)) = events.next().await {
+            seen(pod, Instant::now());
+        }
+    })
+}
+
+/// The selector of every delegate.
+pub fn delegates() -> String {
+    format!("{}=true", delegate_sync::delegate::DELEGATE_LABEL)
+}
+
+/// Updates what the watches record, shared between them.
+pub fn record<T>(shared: &Mutex<T>, f: impl FnOnce(&mut T)) {
+    f(&mut shared.lock().unwrap_or_else(|e| e.into_inner()));
+}
 
 /// The delegate-sync process, killed when dropped.
 pub struct Running(pub Child);
