@@ -433,13 +433,8 @@ async fn terminating_or_deleting_a_workflow_stops_its_delegates() {
         )
         .await
         .unwrap();
-    wait_for(&delegates, delegate, TIMEOUT, |d: Option<&Pod>| d.is_none())
-        .await
-        .unwrap();
-    let stopped_after = started.elapsed();
-    let status = argo::wait_finished(&client, &ns.name, &terminated, TIMEOUT)
-        .await
-        .unwrap();
+    let (stopped_after, status) =
+        ends_stopped(&ns, &client, &terminated, proxy, delegate, started).await;
     eprintln!(
         "terminate: delegate gone {:.1} s after terminate; workflow {} after {:.1} s: {}",
         stopped_after.as_secs_f64(),
@@ -447,15 +442,6 @@ async fn terminating_or_deleting_a_workflow_stops_its_delegates() {
         started.elapsed().as_secs_f64(),
         status.message
     );
-    assert_eq!(status.phase, "Failed", "{:#}", status.raw);
-    let stopped = wait_for(&proxies, proxy, TIMEOUT, |p: Option<&Pod>| {
-        p.is_some_and(|p| p.annotations().contains_key(RESULT))
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let result = &stopped.annotations()[RESULT];
-    assert!(result.contains("Stopped"), "{result}");
 
     // Deleting a running workflow: its proxy goes with it, and so does the delegate.
     let (proxy, delegate) = &running[&deleted];
@@ -484,7 +470,6 @@ async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_nod
         .await
         .unwrap();
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
-    let delegates = ns.api::<Pod>("cluster2").await.unwrap();
     let proxy = argo::wait_for_pod(&client, &ns.name, &name, TIMEOUT, |_| true)
         .await
         .unwrap()
@@ -513,45 +498,20 @@ async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_nod
     let started = Instant::now();
     argo::stop(&client, &ns.name, &name).await.unwrap();
     let killed = wait_for(&proxies, &proxy, TIMEOUT, |p: Option<&Pod>| {
-        p.and_then(|p| {
-            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-            statuses
-                .iter()
-                .find(|c| c.name == "main")?
-                .state
-                .as_ref()?
-                .terminated
-                .as_ref()
-        })
-        .is_some()
+        p.and_then(main_ended).is_some()
     })
     .await
     .unwrap()
     .unwrap();
-    let main = killed
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "main"))
-        .and_then(|c| c.state.as_ref()?.terminated.clone())
-        .unwrap();
+    let main = main_ended(&killed).unwrap();
     let killed_after = started.elapsed();
     assert_eq!(main.exit_code, 143, "{main:?}");
     assert_eq!(
         main.message.as_deref(),
         Some("stopped by SIGTERM (kill command)")
     );
-    wait_for(
-        &delegates,
-        &delegate.name_any(),
-        TIMEOUT,
-        |d: Option<&Pod>| d.is_none(),
-    )
-    .await
-    .unwrap();
-    let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
-        .await
-        .unwrap();
+    let (_, status) =
+        ends_stopped(&ns, &client, &name, &proxy, &delegate.name_any(), started).await;
     eprintln!(
         "stop: main ended 143 {:.1} s after `argo stop`; delegate gone and workflow {} after {:.1} s: {}",
         killed_after.as_secs_f64(),
@@ -559,8 +519,44 @@ async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_nod
         started.elapsed().as_secs_f64(),
         status.message
     );
+}
+
+/// How the proxy's `main` ended, once its kubelet reports it.
+fn main_ended(proxy: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    proxy
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "main")?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()
+}
+
+/// How a stopped step ends: its delegate deleted, its workflow Failed, its proxy's result a
+/// stop. Returns how long after `started` the delegate was gone, and the workflow's status.
+async fn ends_stopped(
+    ns: &TestNamespace,
+    client: &Client,
+    workflow: &str,
+    proxy: &str,
+    delegate: &str,
+    started: Instant,
+) -> (Duration, argo::WorkflowStatus) {
+    let delegates = ns.api::<Pod>("cluster2").await.unwrap();
+    wait_for(&delegates, delegate, TIMEOUT, |d: Option<&Pod>| d.is_none())
+        .await
+        .unwrap();
+    let gone_after = started.elapsed();
+    let status = argo::wait_finished(client, &ns.name, workflow, TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(status.phase, "Failed", "{:#}", status.raw);
-    let stopped = wait_for(&proxies, &proxy, TIMEOUT, |p: Option<&Pod>| {
+    let proxies = ns.api::<Pod>("cluster1").await.unwrap();
+    let stopped = wait_for(&proxies, proxy, TIMEOUT, |p: Option<&Pod>| {
         p.is_some_and(|p| p.annotations().contains_key(RESULT))
     })
     .await
@@ -568,4 +564,5 @@ async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_nod
     .unwrap();
     let result = &stopped.annotations()[RESULT];
     assert!(result.contains("Stopped"), "{result}");
+    (gone_after, status)
 }
