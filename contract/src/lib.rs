@@ -14,6 +14,7 @@ pub mod argo;
 pub mod downward;
 #[cfg(feature = "integrity")]
 pub mod manifest;
+pub mod relay;
 pub mod result;
 
 /// Domain of every annotation and label the product reads or writes.
@@ -50,6 +51,13 @@ pub const RESTARTED_AT: &str = "multicluster.admiralty.io/restarted-at";
 /// Proxy annotation: how often each container of the current delegate was restarted by its
 /// kubelet, as compact JSON (`{"main":2}`); absent while none was.
 pub const CONTAINER_RESTARTS: &str = "multicluster.admiralty.io/container-restarts";
+
+/// Pod annotation: `off` keeps the delegate's log where it is (no relay to the proxy).
+pub const LOG_RELAY: &str = "multicluster.admiralty.io/log-relay";
+
+/// Pod annotation: at most this many bytes of each delegate container's log are relayed to
+/// the proxy container (a decimal number; the rest stays in the target).
+pub const LOG_RELAY_LIMIT_BYTES: &str = "multicluster.admiralty.io/log-relay-limit-bytes";
 
 /// Label on every proxy pod (value `true`).
 pub const PROXY_LABEL: &str = "multicluster.admiralty.io/proxy";

@@ -16,6 +16,9 @@ Usage: proxy-waiter [wait]      wait for this container's delegate result, then 
        proxy-waiter kill [--container NAME] [--timeout SECONDS] SIGNAL
                                 make the waiter exit as if SIGNAL (15, TERM, SIGKILL...) had
                                 killed it: exit code 128+N; no process is signalled
+       proxy-waiter relay [--container NAME] [--timeout SECONDS]
+                                relay a log to the waiter, which writes it as its own (what
+                                delegate-sync execs; the protocol is in the docs)
 
 Settings (environment):
   PROXY_WAITER_CONTAINER        this container's name (required to wait, deliver or kill)
@@ -33,6 +36,7 @@ pub enum Mode {
     Init,
     Deliver(DeliverConfig),
     Kill(KillConfig),
+    Relay(RelayConfig),
     Help,
     Version,
 }
@@ -60,6 +64,14 @@ pub struct KillConfig {
     pub container: String,
     pub socket: String,
     pub signal: Signal,
+    /// How long to keep trying while the waiter is not (yet) listening.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub container: String,
+    pub socket: String,
     /// How long to keep trying while the waiter is not (yet) listening.
     pub timeout: Duration,
 }
@@ -108,6 +120,17 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Mo
                 container: delivery.container,
                 socket: delivery.socket,
                 signal,
+                timeout: delivery.timeout,
+            }))
+        }
+        "relay" => {
+            let delivery = parse_delivery("relay", rest, &env)?;
+            if let Some(extra) = delivery.positional {
+                return Err(format!("unexpected argument {extra:?} for relay"));
+            }
+            Ok(Mode::Relay(RelayConfig {
+                container: delivery.container,
+                socket: delivery.socket,
                 timeout: delivery.timeout,
             }))
         }

@@ -65,7 +65,7 @@ pub(crate) fn hand_over(socket: &str, timeout: Duration, text: &str) -> sys::Res
 }
 
 /// The waiter may not be listening yet (its container just started): retry until `timeout`.
-fn connect_with_retry(name: &str, timeout: Duration) -> sys::Result<Fd> {
+pub(crate) fn connect_with_retry(name: &str, timeout: Duration) -> sys::Result<Fd> {
     let deadline = sys::monotonic() + timeout;
     loop {
         match sys::connect(name) {

@@ -6,8 +6,9 @@ use contract::result::{Outcome, truncate_termination_message};
 
 use crate::sys;
 
-/// Leaves the termination message, prints the summary, and returns the exit code.
-pub fn finish(outcome: &Outcome, termination_log: &str) -> u8 {
+/// Leaves the termination message, prints the summary (unless the container's log is the
+/// delegate's, relayed: nothing may be added to it), and returns the exit code.
+pub fn finish(outcome: &Outcome, termination_log: &str, summarise: bool) -> u8 {
     let message = truncate_termination_message(&outcome.message);
     if !message.is_empty()
         && let Err(e) = sys::write_file(termination_log, message.as_bytes())
@@ -16,6 +17,8 @@ pub fn finish(outcome: &Outcome, termination_log: &str) -> u8 {
             "proxy-waiter: cannot write the termination message to {termination_log}: {e}"
         ));
     }
-    sys::out(&format!("proxy-waiter: {}", outcome.summary));
+    if summarise {
+        sys::out(&format!("proxy-waiter: {}", outcome.summary));
+    }
     outcome.exit_code
 }

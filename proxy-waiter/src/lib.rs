@@ -7,6 +7,8 @@
 //! - `init`: what a proxy init container runs; exits 0 at once.
 //! - `deliver`: run inside the container (`kubectl exec`) to hand a result to the waiting
 //!   process; succeeds only once the waiter has accepted it.
+//! - `relay`: what delegate-sync execs into the container to relay the delegate container's
+//!   log, which the waiter writes to its own standard output (see `relay`).
 //! - `kill SIGNAL`: what Argo Workflows runs to stop the container; hands the waiter a result
 //!   that ends it as SIGNAL would have (exit code 128+N). No process is signalled.
 //!
@@ -25,6 +27,7 @@ pub mod decide;
 pub mod deliver;
 mod finish;
 pub mod kill;
+pub mod relay;
 pub mod sys;
 pub mod wait;
 
@@ -48,6 +51,7 @@ pub fn run(args: Vec<String>) -> i32 {
         Ok(Mode::Wait(config)) => wait::run(&config),
         Ok(Mode::Deliver(config)) => deliver::run(&config),
         Ok(Mode::Kill(config)) => kill::run(&config),
+        Ok(Mode::Relay(config)) => relay::run(&config),
         Err(e) => {
             sys::err(&format!("proxy-waiter: {e}\n\n{USAGE}"));
             2

@@ -77,6 +77,32 @@ pub fn write_all(fd: c_int, mut bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// One read: the number of bytes read (0 at end of file), EAGAIN when a non-blocking
+/// descriptor has nothing.
+pub fn read_some(fd: c_int, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        // SAFETY: reads into a live buffer of the given length.
+        match check(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) }) {
+            Err(Errno(libc::EINTR)) => {}
+            other => return other,
+        }
+    }
+}
+
+/// The first `length` bytes a peer sends (fewer if it ends sooner).
+pub fn read_prefix(fd: c_int, length: usize) -> Result<Vec<u8>> {
+    let mut prefix = alloc::vec![0u8; length];
+    let mut filled = 0;
+    while filled < length {
+        match read_some(fd, &mut prefix[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    prefix.truncate(filled);
+    Ok(prefix)
+}
+
 /// Reads until end of file, failing past `limit` bytes.
 pub fn read_to_end(fd: c_int, limit: usize) -> Result<Vec<u8>> {
     read_until(fd, limit, false)
@@ -207,6 +233,33 @@ pub fn accept(listener: &Fd) -> Option<Fd> {
         )
     };
     Fd::new(fd).ok()
+}
+
+fn set_flag(fd: &Fd, nonblocking: bool) -> Result<()> {
+    // SAFETY: reads and sets the status flags of a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd.raw(), libc::F_GETFL);
+        if flags < 0 {
+            return Err(Errno::last());
+        }
+        let flags = if nonblocking {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if libc::fcntl(fd.raw(), libc::F_SETFL, flags) < 0 {
+            return Err(Errno::last());
+        }
+    }
+    Ok(())
+}
+
+pub fn set_nonblocking(fd: &Fd) -> Result<()> {
+    set_flag(fd, true)
+}
+
+pub fn set_blocking(fd: &Fd) {
+    let _ = set_flag(fd, false);
 }
 
 /// Bounds how long reads and writes on a socket may block.

@@ -8,6 +8,7 @@ use crate::{
     config::WaitConfig,
     decide::{Decision, Event, decide},
     finish::finish,
+    relay::{Inbound, Relay},
     sys::{self, Fd},
 };
 
@@ -40,6 +41,11 @@ struct Waiter<'a> {
     watching: bool,
     last_annotations: Option<String>,
     last_problem: Option<String>,
+    /// The connection relaying the delegate container's log, if one is open.
+    relay: Option<Relay>,
+    /// Where the relayed log stands (see `contract::relay`); once anything was relayed, the
+    /// container's log is the delegate's and the waiter's own summary stays out of it.
+    position: Option<String>,
 }
 
 impl<'a> Waiter<'a> {
@@ -67,31 +73,35 @@ impl<'a> Waiter<'a> {
             watching: false,
             last_annotations: None,
             last_problem: None,
+            relay: None,
+            position: None,
         };
         waiter.watch_annotations();
         Ok(waiter)
     }
 
     fn run(&mut self) -> u8 {
-        sys::err(&format!(
-            "proxy-waiter: waiting for the result of container {}",
-            self.config.container
-        ));
         loop {
             if let Some(code) = self.rescan_annotations() {
                 return code;
             }
-            let mut fds = Vec::from([self.signals.raw()]);
-            fds.extend(self.listener.as_ref().map(Fd::raw));
-            fds.extend(self.inotify.as_ref().map(Fd::raw));
+            // Fixed slots: signals, listener, relay (-1 when absent: poll skips it), inotify.
+            let fds = [
+                self.signals.raw(),
+                self.listener.as_ref().map_or(-1, Fd::raw),
+                self.relay.as_ref().map_or(-1, Relay::raw),
+                self.inotify.as_ref().map_or(-1, Fd::raw),
+            ];
             let ready = sys::poll_readable(&fds, RESCAN);
             if ready[0]
                 && let Some(code) = self.on_signals()
             {
                 return code;
             }
-            if self.listener.is_some()
-                && ready[1]
+            if ready[2] {
+                self.on_relay();
+            }
+            if ready[1]
                 && let Some(code) = self.on_connections()
             {
                 return code;
@@ -101,6 +111,29 @@ impl<'a> Waiter<'a> {
                 sys::drain(inotify);
             }
         }
+    }
+
+    /// Writes what complete frames the relay sent; closes it when it ends or misbehaves.
+    fn on_relay(&mut self) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        match relay.receive(&mut self.position) {
+            Inbound::Open => {}
+            Inbound::Ended => self.relay = None,
+            Inbound::Broken(why) => {
+                sys::err(&format!("proxy-waiter: log relay closed: {why}"));
+                self.relay = None;
+            }
+        }
+    }
+
+    fn finish(&self, outcome: &contract::result::Outcome) -> u8 {
+        finish(
+            outcome,
+            &self.config.termination_log,
+            self.position.is_none(),
+        )
     }
 
     fn on_signals(&mut self) -> Option<u8> {
@@ -125,7 +158,28 @@ impl<'a> Waiter<'a> {
 
     fn on_connections(&mut self) -> Option<u8> {
         while let Some(stream) = self.listener.as_ref().and_then(sys::accept) {
-            if let Some(code) = self.on_delivery(&stream) {
+            sys::set_timeouts(&stream, CLIENT_TIMEOUT);
+            let trusted =
+                sys::peer_uid(&stream).is_some_and(|uid| uid == 0 || uid == sys::own_uid());
+            if !trusted {
+                let _ = sys::write_all(
+                    stream.raw(),
+                    b"refused: the deliverer runs as another user\n",
+                );
+                continue;
+            }
+            let prefix = match sys::read_prefix(stream.raw(), contract::relay::HELLO.len()) {
+                Ok(prefix) => prefix,
+                Err(_) => continue,
+            };
+            if prefix == contract::relay::HELLO {
+                // A newer relay supersedes the older one, which is closed first: they never
+                // interleave, and the newer one resumes from the position it is told.
+                self.relay = None;
+                self.relay = Relay::open(stream, self.position.as_deref());
+                continue;
+            }
+            if let Some(code) = self.on_delivery(&stream, prefix) {
                 drop(stream);
                 self.refuse_pending();
                 return Some(code);
@@ -134,26 +188,25 @@ impl<'a> Waiter<'a> {
         None
     }
 
-    fn on_delivery(&self, stream: &Fd) -> Option<u8> {
-        sys::set_timeouts(stream, CLIENT_TIMEOUT);
+    /// A result handed over by `deliver` or `kill`, whose first bytes are `prefix`.
+    fn on_delivery(&self, stream: &Fd, mut prefix: Vec<u8>) -> Option<u8> {
         let reply = |text: &str| {
             let _ = sys::write_all(stream.raw(), text.as_bytes());
         };
-        let trusted = sys::peer_uid(stream).is_some_and(|uid| uid == 0 || uid == sys::own_uid());
-        if !trusted {
-            reply("refused: the deliverer runs as another user\n");
-            return None;
-        }
-        let decision = match sys::read_to_end(stream.raw(), MAX_RESULT_BYTES) {
+        let rest = sys::read_to_end(stream.raw(), MAX_RESULT_BYTES.saturating_sub(prefix.len()));
+        let decision = match rest {
             Err(e) => Decision::Refuse(format!("cannot read the result: {e}")),
-            Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(rest) => match String::from_utf8({
+                prefix.extend_from_slice(&rest);
+                prefix
+            }) {
                 Ok(text) => decide(&self.config.container, &Event::Delivered(text)),
                 Err(_) => Decision::Refuse("the result is not UTF-8".into()),
             },
         };
         match decision {
             Decision::Finish(outcome) => {
-                let code = finish(&outcome, &self.config.termination_log);
+                let code = self.finish(&outcome);
                 reply("accepted\n");
                 Some(code)
             }
@@ -199,7 +252,7 @@ impl<'a> Waiter<'a> {
         let decision = decide(&self.config.container, &Event::Annotations(text.clone()));
         self.last_annotations = Some(text);
         match decision {
-            Decision::Finish(outcome) => Some(finish(&outcome, &self.config.termination_log)),
+            Decision::Finish(outcome) => Some(self.finish(&outcome)),
             Decision::Unusable(problem) => {
                 if self.last_problem.as_ref() != Some(&problem) {
                     sys::err(&format!(

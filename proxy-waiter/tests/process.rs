@@ -172,12 +172,10 @@ impl Waiter {
         };
         let mut out = String::new();
         let mut err = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        // A test that drains stdout itself has taken it.
+        if let Some(mut stdout) = child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
         child
             .stderr
             .take()
@@ -534,4 +532,203 @@ fn kill_after_a_result_was_accepted_has_nothing_to_stop() {
         fs::read_to_string(scene.termination_log("main")).unwrap(),
         "done"
     );
+}
+
+/// The waiter's end of a relay, spoken as delegate-sync does through `proxy-waiter relay`.
+struct RelaySession {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl RelaySession {
+    fn open(scene: &Scene, container: &str) -> (Self, String) {
+        // `proxy-waiter relay` says hello itself; the waiter answers where the log stands.
+        let mut child = scene.command(container).arg("relay").spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut session = Self { child, stdout };
+        let at = session.answer();
+        (session, at)
+    }
+
+    fn answer(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.strip_prefix("AT ")
+            .unwrap_or_else(|| panic!("not an answer: {line:?}"))
+            .trim_end()
+            .to_string()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.child.stdin.as_mut().unwrap().write_all(bytes).unwrap();
+    }
+
+    fn frame(&mut self, body: &[u8], position: &str) {
+        self.send(format!("F {} {position}\n", body.len()).as_bytes());
+        self.send(body);
+    }
+
+    /// Ends the relay: the answer says where the log stands once everything sent is in it.
+    fn end(mut self) -> String {
+        self.send(b"END\n");
+        let at = self.answer();
+        assert!(self.child.wait().unwrap().success());
+        at
+    }
+}
+
+impl Drop for RelaySession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A waiter's stdout, collected as bytes while it runs (a relay may fill a pipe).
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<u8>>>, thread::JoinHandle<()>);
+
+impl Collected {
+    fn wait_for(&self, bytes: &[u8]) {
+        let deadline = Instant::now() + EXIT;
+        while !self.0.lock().unwrap().ends_with(bytes) {
+            assert!(Instant::now() < deadline, "{bytes:?} never written");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn join(self) -> Vec<u8> {
+        self.1.join().unwrap();
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+fn drain_stdout(waiter: &mut Waiter) -> Collected {
+    let mut stdout = waiter.child.as_mut().unwrap().stdout.take().unwrap();
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    Collected(bytes, reader)
+}
+
+#[test]
+fn a_relayed_log_is_written_as_sent_and_nothing_is_added_to_it() {
+    let scene = Scene::new();
+    let mut waiter = scene.wait_ready("main");
+    let out = drain_stdout(&mut waiter);
+    let (mut relay, at) = RelaySession::open(&scene, "main");
+    assert_eq!(at, "-");
+    let long = vec![b'x'; 20_000];
+    relay.frame(b"first line\n", "p1");
+    relay.frame(&long, "p2");
+    relay.frame(b"\n\xff\xfe not UTF-8\npartial", "p3");
+    assert_eq!(relay.end(), "p3");
+    let deliver = scene.deliver("main", &result(&[("main", 0, "")]), &[]);
+    assert!(deliver.status.success(), "{deliver:?}");
+    let (status, _, _) = waiter.finish(EXIT);
+    assert_eq!(status.code(), Some(0));
+    let mut expected = b"first line\n".to_vec();
+    expected.extend_from_slice(&long);
+    expected.extend_from_slice(b"\n\xff\xfe not UTF-8\npartial");
+    assert_eq!(out.join(), expected, "the log is the relayed bytes only");
+}
+
+#[test]
+fn a_frame_is_written_whole_or_not_at_all_and_the_next_relay_resumes_after_it() {
+    let scene = Scene::new();
+    let mut waiter = scene.wait_ready("main");
+    let out = drain_stdout(&mut waiter);
+    let (mut first, _) = RelaySession::open(&scene, "main");
+    first.frame(b"one\n", "after-one");
+    out.wait_for(b"one\n");
+    // Cut mid-frame, as a delegate-sync killed with SIGKILL would leave it.
+    first.send(b"F 10 after-two\ntwo");
+    drop(first);
+    let (mut second, at) = RelaySession::open(&scene, "main");
+    assert_eq!(at, "after-one");
+    second.frame(b"two\n", "after-two");
+    // A newer relay supersedes this one: the older is closed before the newer is answered.
+    let (third, at) = RelaySession::open(&scene, "main");
+    assert_eq!(at, "after-two");
+    assert_eq!(third.end(), "after-two");
+    drop(second);
+    waiter.signal(libc::SIGTERM);
+    let (status, _, _) = waiter.finish(EXIT);
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(out.join(), b"one\ntwo\nproxy-waiter: SIGTERM received before any result; exiting 143\n");
+}
+
+#[test]
+fn bad_frames_close_the_relay_and_the_waiter_keeps_waiting() {
+    let scene = Scene::new();
+    let mut waiter = scene.wait_ready("main");
+    let (mut relay, _) = RelaySession::open(&scene, "main");
+    relay.send(b"F 99999999 p\n");
+    assert!(relay.child.wait().unwrap().success(), "closed by the waiter");
+    let (mut relay, _) = RelaySession::open(&scene, "main");
+    relay.send(&[b'y'; 1000]);
+    assert!(relay.child.wait().unwrap().success(), "a header too long closes it");
+    assert!(waiter.is_running());
+    let deliver = scene.deliver("main", &result(&[("main", 0, "")]), &[]);
+    assert!(deliver.status.success(), "{deliver:?}");
+    let (status, _, err) = waiter.finish(EXIT);
+    assert_eq!(status.code(), Some(0));
+    assert!(err.contains("log relay closed: frame too long"), "{err}");
+}
+
+#[test]
+fn relay_without_a_waiter_fails_and_says_why() {
+    let scene = Scene::new();
+    let out = scene
+        .command("main")
+        .args(["relay", "--timeout", "0.2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no waiter for main"));
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn relaying_100_mib_does_not_grow_the_waiter() {
+    let scene = Scene::new();
+    let mut waiter = scene.wait_ready("main");
+    let out = waiter.child.as_mut().unwrap().stdout.take().unwrap();
+    let counted = thread::spawn(move || std::io::copy(&mut { out }, &mut std::io::sink()).unwrap());
+    let (mut relay, _) = RelaySession::open(&scene, "main");
+    let before = peak_rss_kib(waiter.pid());
+    let chunk = vec![b'z'; 32 * 1024];
+    let frames = 100 * 32;
+    let started = Instant::now();
+    for i in 0..frames {
+        relay.frame(&chunk, &format!("p{i}"));
+    }
+    assert_eq!(relay.end(), format!("p{}", frames - 1));
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(waiter.pid());
+    waiter.signal(libc::SIGTERM);
+    let _ = waiter.finish(EXIT);
+    let written = counted.join().unwrap();
+    assert!(written >= 100 << 20, "{written} bytes");
+    eprintln!(
+        "relayed 100 MiB in {elapsed:?}; waiter peak RSS {before} KiB before, {peak} KiB after"
+    );
+    assert!(peak - before <= 256, "grew from {before} to {peak} KiB");
+    if std::env::var_os("PROXY_WAITER_BIN").is_some() {
+        assert!(peak <= 1024, "the shipped waiter peaked at {peak} KiB");
+    }
 }
