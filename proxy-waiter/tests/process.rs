@@ -652,6 +652,7 @@ fn a_frame_is_written_whole_or_not_at_all_and_the_next_relay_resumes_after_it() 
     let (mut second, at) = RelaySession::open(&scene, "main");
     assert_eq!(at, "after-one");
     second.frame(b"two\n", "after-two");
+    out.wait_for(b"two\n");
     // A newer relay supersedes this one: the older is closed before the newer is answered.
     let (third, at) = RelaySession::open(&scene, "main");
     assert_eq!(at, "after-two");
