@@ -51,7 +51,10 @@ pub fn parse_header(line: &[u8]) -> Result<Header<'_>, &'static str> {
     if length > MAX_FRAME {
         return Err("frame too long");
     }
-    let position = parts.next().filter(|p| valid_position(p)).ok_or("bad position")?;
+    let position = parts
+        .next()
+        .filter(|p| valid_position(p))
+        .ok_or("bad position")?;
     if parts.next().is_some() {
         return Err("extra fields in header");
     }

@@ -53,6 +53,15 @@ pub struct Args {
     /// Proxies reconciled at the same time (each may hold a connection to an apiserver).
     #[arg(long, env = "DELEGATE_SYNC_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Delegate container logs relayed live to their proxies at once (each holds a log stream
+    /// from a target and an exec into a proxy container). Past it, a proxy gets its
+    /// delegate's log when the container ended, with an Event that says so.
+    #[arg(long, env = "DELEGATE_SYNC_MAX_LOG_STREAMS", default_value_t = 100)]
+    pub max_log_streams: usize,
+    /// Relay each delegate container's log into its proxy container, so that `kubectl logs`
+    /// on a proxy shows it (needs pods/exec in the source and pods/log in targets).
+    #[arg(long, env = "DELEGATE_SYNC_LOG_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_relay: bool,
     /// Run only while holding a Lease, so that several replicas are safe (one works, the
     /// others wait to take over).
     #[arg(long, env = "DELEGATE_SYNC_LEADER_ELECT")]
@@ -222,6 +231,8 @@ pub struct Config {
     pub pending_retry: Duration,
     pub cluster_lost_timeout: Duration,
     pub concurrency: u16,
+    pub max_log_streams: usize,
+    pub log_relay: bool,
     /// None: no leader election (one replica).
     pub leader_election: Option<crate::leader::LeaseSettings>,
     pub admin_address: std::net::SocketAddr,
@@ -239,6 +250,8 @@ impl Args {
             pending_retry_seconds,
             cluster_lost_timeout,
             concurrency,
+            max_log_streams,
+            log_relay,
             leader_elect,
             leader_election_namespace,
             leader_election_lease_name,
@@ -281,6 +294,8 @@ impl Args {
             pending_retry: Duration::from_secs(pending_retry_seconds.max(1)),
             cluster_lost_timeout,
             concurrency,
+            max_log_streams,
+            log_relay,
             leader_election,
             admin_address,
         })

@@ -5,12 +5,14 @@
 //! - [`delegate`]: the delegate pod from a verified saved manifest.
 //! - [`outcome`]: the result a terminal delegate gives its proxy.
 //! - [`controller`]: the reconciliation of proxies; [`targets`]: clients and caches per cluster.
+//! - [`logs`]: the delegates' logs, relayed into their proxies' containers.
 //! - [`quantity`]: Kubernetes quantities as exact integers.
 
 pub mod args;
 pub mod controller;
 pub mod delegate;
 pub mod leader;
+pub mod logs;
 pub mod metrics;
 pub mod outcome;
 pub mod placement;
@@ -39,6 +41,8 @@ pub async fn run(
         pending_retry,
         cluster_lost_timeout,
         concurrency,
+        max_log_streams,
+        log_relay,
         leader_election,
         admin_address,
     } = config;
@@ -113,6 +117,7 @@ pub async fn run(
             cluster_lost_timeout,
             concurrency,
         },
+        log_relay.then_some(max_log_streams),
         metrics,
     ));
     controller::run(

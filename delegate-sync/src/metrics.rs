@@ -25,6 +25,9 @@ pub struct Metrics {
     pub target_reachable: Family<ClusterLabel, Gauge>,
     pub orphans_deleted: Family<ClusterLabel, Counter>,
     pub restarts: Family<ClusterLabel, Counter>,
+    /// Delegate logs relayed live or being relayed.
+    pub log_streams: Gauge,
+    pub log_relayed_bytes: Counter,
     /// Proxy created → delegate created.
     pub delegate_created_seconds: Histogram,
     /// Delegate ended → result recorded on the proxy.
@@ -46,6 +49,8 @@ impl Metrics {
             target_reachable: Family::default(),
             orphans_deleted: Family::default(),
             restarts: Family::default(),
+            log_streams: Gauge::default(),
+            log_relayed_bytes: Counter::default(),
             delegate_created_seconds: buckets(),
             result_recorded_seconds: buckets(),
         };
@@ -84,6 +89,16 @@ impl Metrics {
             "restarts",
             "Delegates replaced under restartPolicy Always or OnFailure, by the cluster of the one replaced",
             metrics.restarts.clone(),
+        );
+        sub.register(
+            "log_streams",
+            "Delegate container logs being relayed to their proxies",
+            metrics.log_streams.clone(),
+        );
+        sub.register(
+            "log_relayed_bytes",
+            "Bytes of delegate logs written into proxy containers' logs",
+            metrics.log_relayed_bytes.clone(),
         );
         sub.register(
             "delegate_created_seconds",

@@ -391,6 +391,8 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         cluster_lost_timeout: Duration::from_secs(3600),
         leader_election: None,
         concurrency: 16,
+        max_log_streams: 100,
+        log_relay: true,
         admin_address: admin,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

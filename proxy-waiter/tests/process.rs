@@ -586,7 +586,10 @@ impl Drop for RelaySession {
 }
 
 /// A waiter's stdout, collected as bytes while it runs (a relay may fill a pipe).
-struct Collected(std::sync::Arc<std::sync::Mutex<Vec<u8>>>, thread::JoinHandle<()>);
+struct Collected(
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread::JoinHandle<()>,
+);
 
 impl Collected {
     fn wait_for(&self, bytes: &[u8]) {
@@ -661,7 +664,10 @@ fn a_frame_is_written_whole_or_not_at_all_and_the_next_relay_resumes_after_it() 
     waiter.signal(libc::SIGTERM);
     let (status, _, _) = waiter.finish(EXIT);
     assert_eq!(status.code(), Some(143));
-    assert_eq!(out.join(), b"one\ntwo\nproxy-waiter: SIGTERM received before any result; exiting 143\n");
+    assert_eq!(
+        out.join(),
+        b"one\ntwo\nproxy-waiter: SIGTERM received before any result; exiting 143\n"
+    );
 }
 
 #[test]
@@ -670,10 +676,16 @@ fn bad_frames_close_the_relay_and_the_waiter_keeps_waiting() {
     let mut waiter = scene.wait_ready("main");
     let (mut relay, _) = RelaySession::open(&scene, "main");
     relay.send(b"F 99999999 p\n");
-    assert!(relay.child.wait().unwrap().success(), "closed by the waiter");
+    assert!(
+        relay.child.wait().unwrap().success(),
+        "closed by the waiter"
+    );
     let (mut relay, _) = RelaySession::open(&scene, "main");
     relay.send(&[b'y'; 1000]);
-    assert!(relay.child.wait().unwrap().success(), "a header too long closes it");
+    assert!(
+        relay.child.wait().unwrap().success(),
+        "a header too long closes it"
+    );
     assert!(waiter.is_running());
     let deliver = scene.deliver("main", &result(&[("main", 0, "")]), &[]);
     assert!(deliver.status.success(), "{deliver:?}");

@@ -2,7 +2,11 @@
 //! and the proxy's uid, whatever the proxy's annotations say now) and mirrored onto the proxy:
 //! its annotations, an Argo step's task result, and its result once it ended.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use contract::{CONTAINER_RESTARTS, DELEGATE_NAME, SOURCEPOD_MANIFEST, TARGET_CLUSTER, is_own_key};
 use k8s_openapi::api::core::v1::Pod;
@@ -185,6 +189,7 @@ async fn mirror(
     if restarts != shown {
         publish_container_restarts(proxy, context, delegate, &shown).await;
     }
+    context.relays.follow(&proxy.pod, target, delegate);
     let ended = outcome::result_of(delegate);
     if let Some(step) = step {
         // Before the proxy's result: Argo must never see the step end without its outputs.
@@ -208,6 +213,9 @@ async fn mirror(
         let old = restart::Old::Present(delegate);
         return restart::run(proxy, context, target, old, &why).await;
     }
+    if let Some(wait) = wait_for_logs(proxy, context, delegate).await {
+        return Ok(wait);
+    }
     let reason = if ended.phase == contract::result::Phase::Succeeded {
         "DelegateSucceeded"
     } else {
@@ -222,6 +230,41 @@ async fn mirror(
             .observe(seconds_since(&ended));
     }
     recorded
+}
+
+/// How long a proxy's result waits for its log relays once the delegate ended.
+const LOG_RELAY_GRACE: Duration = Duration::from_secs(60);
+
+/// Holds the result until the delegate's logs are all in the proxy's containers (a proxy
+/// container that ended has its whole log); not past [`LOG_RELAY_GRACE`], which a Warning says.
+async fn wait_for_logs(proxy: &Proxy, context: &Context, delegate: &Pod) -> Option<Action> {
+    if context.relays.settled(&proxy.pod, delegate) {
+        return None;
+    }
+    let waited = {
+        let mut waits = context.relay_wait_started.lock().ok()?;
+        waits
+            .entry(proxy.reference.uid.clone())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    };
+    if waited < LOG_RELAY_GRACE {
+        // The relay's end wakes this proxy; the requeue is a safety net.
+        return Some(Action::requeue(Duration::from_secs(5)));
+    }
+    let note = format!(
+        "the delegate's log was not all relayed within {LOG_RELAY_GRACE:?} of its end; the result is written anyway (the rest stays in {}'s log)",
+        delegate.name_any()
+    );
+    publish(
+        context,
+        &proxy.pod,
+        EventType::Warning,
+        "LogRelayIncomplete",
+        note,
+    )
+    .await;
+    None
 }
 
 /// The step's task result, kept claimed in the target while the delegate runs, and copied

@@ -116,6 +116,11 @@ pub struct Context {
     in_flight: Mutex<BTreeMap<String, Vec<place::InFlight>>>,
     /// When each proxy (by uid) was first seen labelled completed by Argo while it ran.
     argo_completed_seen: Mutex<HashMap<String, Instant>>,
+    /// The delegates' logs, relayed into their proxies.
+    pub relays: crate::logs::Relays,
+    relay_outputs: Mutex<Option<crate::logs::Outputs>>,
+    /// When each proxy (by uid) first waited for its log relays to end.
+    relay_wait_started: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -125,8 +130,11 @@ impl Context {
         targets: Vec<Target>,
         key: ManifestKey,
         timing: Timing,
+        max_log_streams: Option<usize>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let (relays, relay_outputs) =
+            crate::logs::Relays::new(source.clone(), max_log_streams, metrics.clone());
         let reporter = Reporter {
             controller: "delegate-sync".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -141,6 +149,17 @@ impl Context {
             metrics,
             in_flight: Mutex::default(),
             argo_completed_seen: Mutex::default(),
+            relays,
+            relay_outputs: Mutex::new(Some(relay_outputs)),
+            relay_wait_started: Mutex::default(),
+        }
+    }
+
+    /// The proxy's log relays are over (its result is written, or it is deleted).
+    fn forget_relays(&self, proxy_uid: &str) {
+        self.relays.forget(proxy_uid);
+        if let Ok(mut waits) = self.relay_wait_started.lock() {
+            waits.remove(proxy_uid);
         }
     }
 
@@ -192,11 +211,23 @@ pub async fn run(
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
     let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
+    let outputs = context.relay_outputs.lock().ok().and_then(|mut o| o.take());
+    let (relay_ended, notifying) = match outputs {
+        Some(outputs) => (
+            tokio_stream_of(outputs.wake),
+            Some(tokio::spawn(publish_notices(
+                context.clone(),
+                outputs.notices,
+            ))),
+        ),
+        None => (futures::stream::empty().boxed(), None),
+    };
     controller
         .reconcile_on(futures::stream::select_all([
             delegate_events,
             unplaced,
             placed,
+            relay_ended,
         ]))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -219,6 +250,32 @@ pub async fn run(
         })
         .await;
     sweeping.abort();
+    if let Some(notifying) = notifying {
+        notifying.abort();
+    }
+}
+
+fn tokio_stream_of(
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>,
+) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+}
+
+/// Publishes the log relays' Events on their proxies.
+async fn publish_notices(
+    context: Arc<Context>,
+    mut notices: tokio::sync::mpsc::UnboundedReceiver<crate::logs::Notice>,
+) {
+    while let Some(notice) = notices.recv().await {
+        proxy::publish(
+            &context,
+            &notice.proxy,
+            notice.type_,
+            notice.reason,
+            notice.note,
+        )
+        .await;
+    }
 }
 
 /// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications
@@ -264,9 +321,11 @@ fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Actio
 pub async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, Error> {
     let proxy = Proxy::new(pod, &context)?;
     if proxy.pod.metadata.deletion_timestamp.is_some() {
+        context.forget_relays(&proxy.reference.uid);
         return clean_up::run(&proxy, &context).await;
     }
     if proxy.pod.annotations().contains_key(RESULT) {
+        context.forget_relays(&proxy.reference.uid);
         return Ok(Action::await_change());
     }
     // An existing delegate is followed wherever it runs, whatever the proxy's annotations say

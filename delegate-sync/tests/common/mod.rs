@@ -83,6 +83,8 @@ impl Controller {
                 .unwrap_or(Duration::from_secs(3600)),
             leader_election: options.leader_election,
             concurrency: 16,
+            max_log_streams: 100,
+            log_relay: true,
             admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

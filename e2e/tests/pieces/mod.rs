@@ -9,7 +9,8 @@ use contract::manifest::ManifestKey;
 use delegate_sync::args::TargetSpec;
 use e2e::TestEnv;
 
-const KEY: &[u8] = b"pieces-test-manifest-key-0123456789abcde";
+/// The manifest key of the webhook started here (a delegate-sync started by a test needs it).
+pub const KEY: &[u8] = b"pieces-test-manifest-key-0123456789abcde";
 const DAY: Duration = Duration::from_secs(86_400);
 
 pub struct Running {
@@ -54,6 +55,48 @@ pub async fn start_with_timeout(
     selector: &str,
     proxies: Proxies,
     cluster_lost_timeout: Duration,
+) -> Running {
+    let mut running = start_webhook(env, label, selector, proxies).await;
+    let kubeconfig = env.kubeconfig().clone();
+    let sync_config = delegate_sync::args::Config {
+        cluster_name: "cluster1".into(),
+        kubeconfig: Some(kubeconfig.clone()),
+        context: Some("cluster1".into()),
+        targets: vec![
+            TargetSpec {
+                name: "cluster1".into(),
+                kubeconfig: None,
+                context: None,
+            },
+            TargetSpec {
+                name: "cluster2".into(),
+                kubeconfig: Some(kubeconfig.clone()),
+                context: Some("cluster2".into()),
+            },
+        ],
+        key: ManifestKey::from_bytes(KEY).unwrap(),
+        pending_retry: Duration::from_secs(600),
+        cluster_lost_timeout,
+        leader_election: None,
+        concurrency: 16,
+        max_log_streams: 100,
+        log_relay: true,
+        admin_address: "127.0.0.1:0".parse().unwrap(),
+    };
+    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(delegate_sync::run(sync_config, async move {
+        let _ = sync_stopped.await;
+    }));
+    running.stops.push(stop_sync);
+    running
+}
+
+/// The webhook alone, as [`start_with`] starts it: the test runs delegate-sync itself.
+pub async fn start_webhook(
+    env: &TestEnv,
+    label: &str,
+    selector: &str,
+    proxies: Proxies,
 ) -> Running {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let dir = e2e::testbed::workspace_target_dir().join(e2e::support::unique_name(label));
@@ -117,36 +160,8 @@ pub async fn start_with_timeout(
     .await
     .unwrap();
 
-    let kubeconfig = env.kubeconfig().clone();
-    let sync_config = delegate_sync::args::Config {
-        cluster_name: "cluster1".into(),
-        kubeconfig: Some(kubeconfig.clone()),
-        context: Some("cluster1".into()),
-        targets: vec![
-            TargetSpec {
-                name: "cluster1".into(),
-                kubeconfig: None,
-                context: None,
-            },
-            TargetSpec {
-                name: "cluster2".into(),
-                kubeconfig: Some(kubeconfig.clone()),
-                context: Some("cluster2".into()),
-            },
-        ],
-        key: ManifestKey::from_bytes(KEY).unwrap(),
-        pending_retry: Duration::from_secs(600),
-        cluster_lost_timeout,
-        leader_election: None,
-        concurrency: 16,
-        admin_address: "127.0.0.1:0".parse().unwrap(),
-    };
-    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(delegate_sync::run(sync_config, async move {
-        let _ = sync_stopped.await;
-    }));
     Running {
-        stops: vec![stop_webhook, stop_sync],
+        stops: vec![stop_webhook],
         _registration: registration,
         dir,
     }

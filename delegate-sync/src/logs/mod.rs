@@ -1,0 +1,350 @@
+//! The log relay: each running delegate container's log, followed in its target (pods/log) and
+//! written by the proxy container of the same name as its own log, so that `kubectl logs` on a
+//! proxy (and Argo's log views) show the delegate's output, live.
+//!
+//! - [`lines`]: the kubelet's timestamped log, cut into pieces;
+//! - [`position`]: where a relayed log stands, and what a re-read adds;
+//! - [`channel`]: `proxy-waiter relay`, exec'd into the proxy container;
+//! - [`relay`]: one container's relay, instance after instance, resuming after failures.
+//!
+//! The position lives in the waiter (it is what its log holds), so a restarted delegate-sync,
+//! or a new leader, resumes exactly where the log stands. Relays are tasks of their own,
+//! beside reconciliations; the controller only starts them, and holds a proxy's result until
+//! its relays are complete, so that a proxy container that ended has its whole log.
+
+mod channel;
+mod lines;
+mod position;
+mod relay;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use contract::{LOG_RELAY, LOG_RELAY_LIMIT_BYTES};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt as _,
+    runtime::{events::EventType, reflector::ObjectRef},
+};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use relay::Outcome;
+
+use crate::{metrics::Metrics, outcome, targets::Target};
+
+/// An Event about a proxy, published by whoever owns the recorder.
+pub struct Notice {
+    pub proxy: Arc<Pod>,
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The relays of all proxies.
+pub struct Relays {
+    /// False with `--log-relay=false`: nothing is relayed.
+    enabled: bool,
+    source: Client,
+    entries: Mutex<HashMap<Key, Entry>>,
+    /// Live streams at once (`--max-log-streams`); past them, logs are relayed once ended.
+    live: Arc<Semaphore>,
+    /// Relays of ended containers at once.
+    ended: Arc<Semaphore>,
+    max_streams: usize,
+    wake: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    metrics: Arc<Metrics>,
+}
+
+/// A proxy (uid), the delegate it relays (uid) and the container.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    proxy: String,
+    delegate: String,
+    container: String,
+}
+
+/// Where a relay is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Its first attempt is under way.
+    Trying,
+    /// It reached both ends at least once, and is not done.
+    Connected,
+    /// Its first attempt failed and it never connected since: it does not hold the result (a
+    /// node without a kubelet to exec through, an apiserver that does not answer).
+    Retrying,
+    Done(Outcome),
+}
+
+impl State {
+    /// Whether the proxy's result waits for this relay.
+    fn holds_result(&self) -> bool {
+        matches!(self, Self::Trying | Self::Connected)
+    }
+}
+
+struct Entry {
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the controller reads from [`Relays::new`]: proxies to reconcile again (a relay ended)
+/// and Events to publish.
+pub struct Outputs {
+    pub wake: mpsc::UnboundedReceiver<ObjectRef<Pod>>,
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+impl Relays {
+    /// Relays with at most `max_streams` live at once; None: relay nothing.
+    pub fn new(
+        source: Client,
+        max_streams: Option<usize>,
+        metrics: Arc<Metrics>,
+    ) -> (Self, Outputs) {
+        let (wake, wake_rx) = mpsc::unbounded_channel();
+        let (notices, notices_rx) = mpsc::unbounded_channel();
+        let enabled = max_streams.is_some();
+        let max_streams = max_streams.unwrap_or(0);
+        let relays = Self {
+            enabled,
+            source,
+            entries: Mutex::default(),
+            live: Arc::new(Semaphore::new(max_streams)),
+            ended: Arc::new(Semaphore::new(max_streams.max(1))),
+            max_streams,
+            wake,
+            notices,
+            metrics,
+        };
+        (
+            relays,
+            Outputs {
+                wake: wake_rx,
+                notices: notices_rx,
+            },
+        )
+    }
+
+    fn wanted(&self, proxy: &Pod) -> bool {
+        self.enabled && proxy.annotations().get(LOG_RELAY).map(String::as_str) != Some("off")
+    }
+
+    /// Starts a relay for each container of `delegate` that has started and whose proxy
+    /// container runs, unless the proxy turned relay off.
+    pub fn follow(&self, proxy: &Arc<Pod>, target: &Target, delegate: &Pod) {
+        if !self.wanted(proxy) {
+            return;
+        }
+        let (Some(proxy_uid), Some(delegate_uid)) = (
+            proxy.metadata.uid.as_deref(),
+            delegate.metadata.uid.as_deref(),
+        ) else {
+            return;
+        };
+        let limit = proxy
+            .annotations()
+            .get(LOG_RELAY_LIMIT_BYTES)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let delegate_ended = outcome::result_of(delegate).is_some();
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        for container in delegate_containers(delegate) {
+            let key = Key {
+                proxy: proxy_uid.to_string(),
+                delegate: delegate_uid.to_string(),
+                container: container.clone(),
+            };
+            if entries.contains_key(&key)
+                || !started(delegate, &container)
+                || !running(proxy, &container)
+            {
+                continue;
+            }
+            let state = Arc::new(Mutex::new(State::Trying));
+            let job = relay::Job {
+                proxies: Api::namespaced(
+                    self.source.clone(),
+                    &proxy.namespace().unwrap_or_default(),
+                ),
+                proxy: proxy.name_any(),
+                target: target.clone(),
+                namespace: delegate.namespace().unwrap_or_default(),
+                delegate: delegate.name_any(),
+                delegate_uid: delegate_uid.to_string(),
+                container,
+                limit,
+                relayed: self.metrics.log_relayed_bytes.clone(),
+                state: state.clone(),
+            };
+            let task = tokio::spawn(self.task(job, proxy.clone(), state.clone(), delegate_ended));
+            entries.insert(key, Entry { state, task });
+        }
+    }
+
+    /// True when nothing of `delegate`'s logs is left to relay into `proxy`: no relay that
+    /// works or may work is running, and no proxy container that is still starting waits for
+    /// one (a delegate that ended before its proxy's container started).
+    pub fn settled(&self, proxy: &Pod, delegate: &Pod) -> bool {
+        if !self.wanted(proxy) {
+            return true;
+        }
+        let (Some(proxy_uid), Some(delegate_uid)) = (
+            proxy.metadata.uid.as_deref(),
+            delegate.metadata.uid.as_deref(),
+        ) else {
+            return true;
+        };
+        let starting = delegate_containers(delegate)
+            .iter()
+            .any(|c| started(delegate, c) && waiting(proxy, c));
+        if starting {
+            return false;
+        }
+        let Ok(entries) = self.entries.lock() else {
+            return true;
+        };
+        entries
+            .iter()
+            .filter(|(k, _)| k.proxy == proxy_uid && k.delegate == delegate_uid)
+            .all(|(_, e)| e.state.lock().map(|s| !s.holds_result()).unwrap_or(true))
+    }
+
+    /// Stops and forgets the relays of a proxy (its result is written, or it is deleted).
+    pub fn forget(&self, proxy_uid: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|k, _| k.proxy != proxy_uid);
+        }
+    }
+
+    /// The relay of one container: live while a stream is free, else once the container ended.
+    fn task(
+        &self,
+        job: relay::Job,
+        proxy: Arc<Pod>,
+        state: Arc<Mutex<State>>,
+        delegate_ended: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let live = self.live.clone();
+        let ended = self.ended.clone();
+        let max_streams = self.max_streams;
+        let wake = self.wake.clone();
+        let notices = self.notices.clone();
+        let streams = self.metrics.log_streams.clone();
+        async move {
+            let permit = match live.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if !delegate_ended {
+                        let _ = notices.send(Notice {
+                            proxy: proxy.clone(),
+                            type_: EventType::Normal,
+                            reason: "LogRelayDeferred",
+                            note: format!(
+                                "{max_streams} delegate logs are relayed live already (--max-log-streams): the log of container {} comes once it ended",
+                                job.container
+                            ),
+                        });
+                        wait_until_ended(&job).await;
+                    }
+                    match ended.acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    }
+                }
+            };
+            streams.inc();
+            let outcome = relay::run(&job).await;
+            streams.dec();
+            drop(permit);
+            let notice = match &outcome {
+                Outcome::Complete => None,
+                Outcome::LimitReached(bytes) => Some((
+                    EventType::Normal,
+                    "LogRelayLimitReached",
+                    format!(
+                        "{bytes} bytes of container {}'s log were relayed ({LOG_RELAY_LIMIT_BYTES}); the rest stays in the delegate's log",
+                        job.container
+                    ),
+                )),
+                Outcome::Unavailable(why) => Some((
+                    EventType::Normal,
+                    "LogNotRelayed",
+                    format!(
+                        "the log of container {} is not relayed: {why}",
+                        job.container
+                    ),
+                )),
+            };
+            if let Some((type_, reason, note)) = notice {
+                let _ = notices.send(Notice {
+                    proxy: proxy.clone(),
+                    type_,
+                    reason,
+                    note,
+                });
+            }
+            if let Ok(mut state) = state.lock() {
+                *state = State::Done(outcome);
+            }
+            let _ = wake.send(ObjectRef::from_obj(&*proxy));
+        }
+    }
+}
+
+/// Polls the target's cache until the container will not run again.
+async fn wait_until_ended(job: &relay::Job) {
+    loop {
+        match job.target.delegate(&job.namespace, &job.delegate) {
+            Some(delegate) if outcome::result_of(&delegate).is_none() => {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+fn delegate_containers(delegate: &Pod) -> Vec<String> {
+    delegate
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect()
+}
+
+/// The container has run (its log exists).
+fn started(delegate: &Pod, container: &str) -> bool {
+    outcome::statuses(delegate)
+        .find(|s| s.name == container)
+        .is_some_and(|s| {
+            s.restart_count > 0
+                || s.state
+                    .as_ref()
+                    .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+        })
+}
+
+/// The proxy container has not started yet.
+fn waiting(proxy: &Pod, container: &str) -> bool {
+    outcome::statuses(proxy)
+        .find(|s| s.name == container)
+        .is_none_or(|s| s.state.as_ref().is_none_or(|st| st.waiting.is_some()))
+}
+
+/// The proxy container runs (a relay can be exec'd into it).
+fn running(proxy: &Pod, container: &str) -> bool {
+    outcome::statuses(proxy)
+        .find(|s| s.name == container)
+        .and_then(|s| s.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}

@@ -1,0 +1,325 @@
+//! One proxy container's relay: the delegate container's log, instance after instance, into
+//! the proxy container through [`Channel`], resuming where the waiter says its log stands.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::{Api, api::LogParams};
+
+use super::{
+    channel::{self, Channel},
+    lines::{self, Lines},
+    position::{Position, Resume},
+};
+use crate::{outcome, targets::Target};
+
+/// Largest frame sent: pieces that are there without waiting are sent together.
+const FRAME: usize = contract::relay::MAX_FRAME;
+/// Waits between attempts after a transient failure, growing to the last.
+const BACKOFF: [Duration; 5] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+/// A log or exec the apiserver keeps answering with an error (a node it cannot reach, a
+/// container it does not know, forbidden) is given up after this many answers in a row; an
+/// apiserver that does not answer at all is waited for.
+const REFUSALS: usize = 3;
+
+/// How a relay ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole log is in the proxy container's.
+    Complete,
+    /// The per-pod limit was reached; the rest stays in the target.
+    LimitReached(u64),
+    /// This container's log cannot be relayed (why).
+    Unavailable(String),
+}
+
+/// Everything a relay needs.
+pub struct Job {
+    pub proxies: Api<Pod>,
+    pub proxy: String,
+    pub target: Target,
+    pub namespace: String,
+    pub delegate: String,
+    pub delegate_uid: String,
+    pub container: String,
+    pub limit: Option<u64>,
+    /// Counts bytes relayed.
+    pub relayed: prometheus_client::metrics::counter::Counter,
+    /// Where the relay is, for the controller.
+    pub state: std::sync::Arc<std::sync::Mutex<super::State>>,
+}
+
+/// How one pass ended.
+enum Pass {
+    Done(Outcome),
+    Again(String),
+}
+
+impl Job {
+    fn set_state(&self, state: super::State) {
+        if let Ok(mut current) = self.state.lock() {
+            *current = state;
+        }
+    }
+
+    fn logs(&self) -> Api<Pod> {
+        Api::namespaced(self.target.client.clone(), &self.namespace)
+    }
+
+    fn uid8(&self) -> String {
+        self.delegate_uid.chars().take(8).collect()
+    }
+
+    /// The delegate as the target's cache has it now; None once it is gone.
+    fn delegate_now(&self) -> Option<std::sync::Arc<Pod>> {
+        self.target
+            .delegate(&self.namespace, &self.delegate)
+            .filter(|d| d.metadata.uid.as_deref() == Some(&self.delegate_uid))
+    }
+
+    fn status_now(&self) -> Option<ContainerStatus> {
+        let delegate = self.delegate_now()?;
+        outcome::statuses(&delegate)
+            .find(|s| s.name == self.container)
+            .cloned()
+    }
+}
+
+/// Relays until the delegate container's log is complete in the proxy container (or cannot
+/// be); transient failures are retried with a growing delay.
+pub async fn run(job: &Job) -> Outcome {
+    let mut failures = 0;
+    let mut refusals = 0;
+    loop {
+        match pass(job, &mut refusals).await {
+            Pass::Done(outcome) => return outcome,
+            Pass::Again(why) if refusals >= REFUSALS => {
+                return Outcome::Unavailable(format!(
+                    "refused {REFUSALS} times in a row, last: {why}"
+                ));
+            }
+            Pass::Again(why) => {
+                if job.state.lock().is_ok_and(|s| *s == super::State::Trying) {
+                    job.set_state(super::State::Retrying);
+                }
+                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: {why}; again in {wait:?}");
+                failures += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// One connection to the waiter: from its position to the end of the log, or a failure.
+async fn pass(job: &Job, refusals: &mut usize) -> Pass {
+    let Some(status) = job.status_now() else {
+        return Pass::Done(Outcome::Complete); // The delegate is gone, and its log with it.
+    };
+    let mut channel = match Channel::open(&job.proxies, &job.proxy, &job.container).await {
+        Ok(channel) => channel,
+        Err(channel::Error::Refused(why)) => return Pass::Done(Outcome::Unavailable(why)),
+        Err(channel::Error::Status(why)) => {
+            *refusals += 1;
+            return Pass::Again(why);
+        }
+        Err(channel::Error::Transient(why)) => return Pass::Again(why),
+    };
+    let position = Position::parse(&channel.position);
+    let uid8 = job.uid8();
+    let instance = status.restart_count;
+    let ours = position.as_ref().filter(|p| p.delegate == uid8);
+    let mut total = position.as_ref().map_or(0, |p| p.total);
+    // The rest of the instance the waiter stopped in, if it ended since.
+    if let Some(p) = ours.filter(|p| p.instance + 1 == instance) {
+        let resume = Resume::after(p);
+        match copy(
+            job,
+            &mut channel,
+            p.instance,
+            true,
+            resume,
+            &mut total,
+            refusals,
+        )
+        .await
+        {
+            Ok(None) => {}
+            Ok(Some(done)) => return finish(channel, done).await,
+            Err(why) => return Pass::Again(why),
+        }
+    }
+    let resume = match ours.filter(|p| p.instance == instance) {
+        Some(p) => Resume::after(p),
+        None => Resume::from_start(),
+    };
+    match copy(
+        job,
+        &mut channel,
+        instance,
+        false,
+        resume,
+        &mut total,
+        refusals,
+    )
+    .await
+    {
+        Ok(Some(done)) => return finish(channel, done).await,
+        Ok(None) => {}
+        Err(why) => return Pass::Again(why),
+    }
+    // The instance's log ended: is that the end of the container?
+    match job.status_now() {
+        None => finish(channel, Outcome::Complete).await,
+        Some(now) if now.restart_count > instance => Pass::Again("the container restarted".into()),
+        Some(now) if ended_for_good(job, &now) => finish(channel, Outcome::Complete).await,
+        Some(_) => {
+            // Ended and about to restart, or the stream was cut: close cleanly, look again.
+            let _ = channel.end().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Pass::Again("the log stream ended while the container may run again".into())
+        }
+    }
+}
+
+async fn finish(channel: Channel, outcome: Outcome) -> Pass {
+    match channel.end().await {
+        Ok(_) => Pass::Done(outcome),
+        Err(e) => Pass::Again(e.to_string()),
+    }
+}
+
+/// True once the container ended and its pod will not run it again.
+fn ended_for_good(job: &Job, status: &ContainerStatus) -> bool {
+    let Some(delegate) = job.delegate_now() else {
+        return true;
+    };
+    if outcome::result_of(&delegate).is_some() {
+        return true;
+    }
+    let Some(ended) = status.state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+        return false;
+    };
+    match delegate
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+    {
+        Some("Never") => true,
+        Some("OnFailure") => ended.exit_code == 0,
+        _ => false,
+    }
+}
+
+/// Copies one instance's log (following it unless `previous`) from `resume`; Some(outcome)
+/// when the relay must end here (the limit), None at the end of the instance's log.
+async fn copy(
+    job: &Job,
+    channel: &mut Channel,
+    instance: i32,
+    previous: bool,
+    mut resume: Resume,
+    total: &mut u64,
+    refusals: &mut usize,
+) -> Result<Option<Outcome>, String> {
+    let since = channel_since(channel, job, instance);
+    let params = LogParams {
+        container: Some(job.container.clone()),
+        follow: !previous,
+        previous,
+        timestamps: true,
+        since_time: since,
+        ..LogParams::default()
+    };
+    let reader = match job.logs().log_stream(&job.delegate, &params).await {
+        Ok(reader) => reader,
+        Err(kube::Error::Api(status)) if status.code != 429 => {
+            *refusals += 1;
+            return Err(format!("log refused: {}", status.message));
+        }
+        Err(e) => return Err(format!("cannot read the log: {e}")),
+    };
+    *refusals = 0;
+    job.set_state(super::State::Connected);
+    let mut lines = Lines::new(reader);
+    let mut frame = Vec::with_capacity(FRAME);
+    let mut last = None;
+    loop {
+        let piece = match lines.next().await {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(lines::Error::NoStamp(line)) => {
+                return Err(format!("unexpected log line {line:?}"));
+            }
+            Err(e) => {
+                flush(job, channel, &mut frame, &mut last).await?;
+                return Err(e.to_string());
+            }
+        };
+        let (new, gap) = resume.keep(&piece);
+        if gap {
+            tracing::warn!(proxy = %job.proxy, container = %job.container, "log relay: the position was not found again (a rotated log?); resuming after it");
+        }
+        let mut new = new;
+        if let Some(limit) = job.limit {
+            let room = usize::try_from(limit.saturating_sub(*total)).unwrap_or(usize::MAX);
+            new = &new[..new.len().min(room)];
+        }
+        if !new.is_empty() {
+            *total += new.len() as u64;
+            frame.extend_from_slice(new);
+            last = Some(Position {
+                delegate: job.uid8(),
+                instance,
+                stamp: piece.stamp,
+                line: piece.line,
+                offset: piece.offset + (piece.bytes.len() as u64),
+                total: *total,
+            });
+        }
+        if job.limit.is_some_and(|limit| *total >= limit) {
+            flush(job, channel, &mut frame, &mut last).await?;
+            return Ok(Some(Outcome::LimitReached(*total)));
+        }
+        if frame.len() + lines::MAX_PIECE > FRAME || !lines.more_ready() {
+            flush(job, channel, &mut frame, &mut last).await?;
+        }
+    }
+    flush(job, channel, &mut frame, &mut last).await?;
+    Ok(None)
+}
+
+/// `sinceTime` for a re-read: the second of the waiter's position in this instance.
+fn channel_since(
+    channel: &Channel,
+    job: &Job,
+    instance: i32,
+) -> Option<k8s_openapi::jiff::Timestamp> {
+    Position::parse(&channel.position)
+        .filter(|p| p.delegate == job.uid8() && p.instance == instance)
+        .and_then(|p| p.stamp.second())
+}
+
+async fn flush(
+    job: &Job,
+    channel: &mut Channel,
+    frame: &mut Vec<u8>,
+    last: &mut Option<Position>,
+) -> Result<(), String> {
+    let Some(position) = last.take() else {
+        return Ok(());
+    };
+    channel
+        .send(frame, position.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    job.relayed.inc_by(frame.len() as u64);
+    frame.clear();
+    Ok(())
+}
