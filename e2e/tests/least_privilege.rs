@@ -825,3 +825,179 @@ async fn journey(
     steps.push("every proxy deleted: no pod left in either cluster".into());
     Ok(steps)
 }
+
+/// `kubectl exec` as a kubeconfig's identity; the output and whether it succeeded.
+fn exec_as(
+    kubeconfig: &Path,
+    namespace: &str,
+    pod: &str,
+    stdin: &[u8],
+    command: &[&str],
+) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["exec", "-i", "-n", namespace, pod, "-c", "main", "--"])
+        .args(command)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), text(&out))
+}
+
+/// The log relay's exec right, as the delegate-sync chart grants it: its ServiceAccount may
+/// run `/proxy-waiter relay` in a proxy container on a real node, and nothing else there (the
+/// chart's ValidatingAdmissionPolicy, on the real apiserver); the target chart's may read logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_sync_may_exec_only_the_relay_and_targets_only_read_logs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = TestEnv::get().await.unwrap();
+    env.require_real_nodes().unwrap();
+    let testbed = env.testbed().unwrap();
+    let version = env
+        .client("cluster1")
+        .await
+        .unwrap()
+        .apiserver_version()
+        .await
+        .unwrap()
+        .git_version;
+    let scratch = Scratch::new("least-privilege-exec");
+    let system = env.namespace("lp-exec").await.unwrap();
+    let release_ns = system.name.clone();
+    let sync_docs = render(
+        &scratch,
+        "delegate-sync",
+        &release_ns,
+        &version,
+        &json!({
+            "clusterName": "cluster1",
+            "manifestKey": { "existingSecret": "key" },
+            "targets": [{ "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig" }],
+        }),
+    )
+    .unwrap();
+    let policy_kinds = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ];
+    let exec_policy: Vec<Value> = sync_docs
+        .iter()
+        .filter(|d| policy_kinds.contains(&kind_of(d)) && name_of(d).ends_with("-exec"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        exec_policy.len(),
+        2,
+        "the chart renders the exec policy and its binding"
+    );
+    let cluster1_docs: Vec<Value> = sync_docs
+        .iter()
+        .filter(|d| RBAC_KINDS.contains(&kind_of(d)))
+        .cloned()
+        .chain(exec_policy)
+        .collect();
+    let target_docs: Vec<Value> = render(&scratch, "target", &release_ns, &version, &json!({}))
+        .unwrap()
+        .into_iter()
+        .filter(|d| RBAC_KINDS.contains(&kind_of(d)))
+        .collect();
+    let mut cleanup = ClusterScoped {
+        kubeconfig: env.kubeconfig().clone(),
+        objects: Vec::new(),
+    };
+    for (context, docs) in [("cluster1", &cluster1_docs), ("cluster2", &target_docs)] {
+        for doc in docs.iter().filter(|d| {
+            matches!(kind_of(d), "ClusterRole" | "ClusterRoleBinding")
+                || policy_kinds.contains(&kind_of(d))
+        }) {
+            cleanup.objects.push((
+                context.to_string(),
+                format!("{}/{}", kind_of(doc).to_lowercase(), name_of(doc)),
+            ));
+        }
+        apply(env, &scratch, context, docs).unwrap();
+    }
+
+    // A proxy container as the webhook makes it, on a real node of each cluster.
+    let waiter: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "waiter" },
+        "spec": {
+            "containers": [{
+                "name": "main",
+                "image": format!("proxy-waiter:{}", env!("CARGO_PKG_VERSION")),
+                "env": [{ "name": "PROXY_WAITER_CONTAINER", "value": "main" }],
+            }],
+        },
+    }))
+    .unwrap();
+    let mut waiter = waiter;
+    e2e::nodes::on_real_nodes(waiter.spec.as_mut().unwrap());
+    for cluster in ["cluster1", "cluster2"] {
+        let pods: Api<Pod> = system.api(cluster).await.unwrap();
+        pods.create(&PostParams::default(), &waiter).await.unwrap();
+        wait_pod(&pods, "waiter", "running", Duration::from_secs(60), |p| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Running")
+        })
+        .await;
+    }
+
+    let hour = Duration::from_secs(3600);
+    let kubeconfig_of = async |cluster: &str, account: &str| {
+        let text = testbed
+            .service_account_kubeconfig(cluster, &release_ns, account, hour)
+            .await
+            .unwrap();
+        let path = scratch.path(&format!("{cluster}-{account}.kubeconfig"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let source = kubeconfig_of("cluster1", &format!("{RELEASE}-delegate-sync")).await;
+    let target = kubeconfig_of("cluster2", &format!("{RELEASE}-target")).await;
+
+    // RBAC and the policy take effect moments after they are stored.
+    let relay = ["/proxy-waiter", "relay", "--container", "main"];
+    let mut said = String::new();
+    wait_until(
+        "the relay exec allowed",
+        Duration::from_secs(20),
+        async || {
+            let (ok, out) = exec_as(&source, &release_ns, "waiter", b"END\n", &relay);
+            said = out.clone();
+            Ok((!ok).then_some(out))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(said, "AT -\nAT -\n", "the waiter answered the relay");
+    for command in [
+        &["/proxy-waiter", "deliver", "{}"][..],
+        &["/proxy-waiter", "relay", "--container", "other"],
+        &["sh", "-c", "id"],
+    ] {
+        let (ok, out) = exec_as(&source, &release_ns, "waiter", b"", command);
+        assert!(
+            !ok && out.contains("delegate-sync may only exec /proxy-waiter relay"),
+            "{command:?} must be refused by the policy: {out}"
+        );
+    }
+    // The target chart's account reads logs, and execs nothing.
+    let logs = Command::new(tool("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&target)
+        .args(["logs", "-n", &release_ns, "waiter", "-c", "main"])
+        .output()
+        .unwrap();
+    assert!(logs.status.success(), "target reads logs: {}", text(&logs));
+    let (ok, out) = exec_as(&target, &release_ns, "waiter", b"END\n", &relay);
+    assert!(
+        !ok && out.contains("forbidden"),
+        "the target account execs nothing: {out}"
+    );
+    drop(cleanup);
+}
