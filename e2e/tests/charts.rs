@@ -2,9 +2,10 @@
 //! combination of values, every rendered manifest accepted by a real kube-apiserver
 //! (`kubectl apply --server-side --dry-run=server`, strict field validation), the content that
 //! matters asserted, and the RBAC that matters exercised for real: the certs hook's
-//! by-name Secret and webhook-configuration rights, and the target chart's token used the way
-//! docs/install.md builds a kubeconfig from it. Helm never reaches the network (no
-//! dependencies, no repositories, its homes in a temporary directory).
+//! by-name Secret and webhook-configuration rights, the target chart's token used the way
+//! docs/install.md builds a kubeconfig from it, and delegate-sync's exec narrowed to the log
+//! relay by its ValidatingAdmissionPolicy. Helm never reaches the network (no dependencies, no
+//! repositories, its homes in a temporary directory).
 
 use std::{
     collections::BTreeSet,
@@ -14,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use clap::Parser as _;
 use e2e::{TestEnv, support::unique_name, testbed::workspace_target_dir};
 use serde_json::{Value, json};
 
@@ -400,6 +402,13 @@ fn delegate_sync_values(targets: Value) -> Value {
     })
 }
 
+/// Valid delegate-sync values but for `logRelay`.
+fn log_relay_values(log_relay: Value) -> Value {
+    let mut values = delegate_sync_values(json!([{ "name": "cluster1", "self": true }]));
+    merge(&mut values, json!({ "logRelay": log_relay }));
+    values
+}
+
 #[test]
 fn every_chart_passes_helm_lint_strict() -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
@@ -419,6 +428,10 @@ fn every_chart_passes_helm_lint_strict() -> anyhow::Result<()> {
                 { "name": "cluster1", "self": true },
                 { "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig" },
             ])),
+        ),
+        (
+            "delegate-sync",
+            log_relay_values(json!({ "enabled": false, "maxStreams": 0 })),
         ),
         ("target", json!({ "namespaces": ["blog"] })),
     ];
@@ -511,6 +524,26 @@ fn schemas_and_templates_refuse_mistakes_with_a_clear_message() -> anyhow::Resul
             "delegate-sync",
             json!({ "clusterLostTimeout": "fifteen minutes" }),
             "/clusterLostTimeout",
+        ),
+        (
+            "delegate-sync",
+            log_relay_values(json!({ "maxStreams": "many" })),
+            "/logRelay/maxStreams",
+        ),
+        (
+            "delegate-sync",
+            log_relay_values(json!({ "maxStreams": -1 })),
+            "/logRelay/maxStreams",
+        ),
+        (
+            "delegate-sync",
+            log_relay_values(json!({ "enabled": "yes" })),
+            "/logRelay/enabled",
+        ),
+        (
+            "delegate-sync",
+            log_relay_values(json!({ "maxStream": 5 })),
+            "additional properties 'maxStream'",
         ),
         (
             "target",
@@ -1164,14 +1197,23 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
         ),
         rule("events.k8s.io", "events", "", &["create", "patch"]),
     ];
+    // The log relay: exec into proxies (the exec policy narrows it), and logs of delegates
+    // placed in the source cluster itself.
+    let relay_exec = rule("", "pods/exec", "", &["create"]);
+    let relay_log = rule("", "pods/log", "", &["get"]);
+    let self_and_secret = delegate_sync_values(json!([
+        { "name": "cluster1", "self": true },
+        { "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig", "context": "cluster2" },
+    ]));
     let cases = [
         (
             "self and a Secret target",
-            delegate_sync_values(json!([
-                { "name": "cluster1", "self": true },
-                { "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig", "context": "cluster2" },
-            ])),
-            BTreeSet::from(with_self),
+            self_and_secret.clone(),
+            with_self
+                .iter()
+                .chain([&relay_exec, &relay_log])
+                .cloned()
+                .collect::<BTreeSet<_>>(),
         ),
         (
             "Secret targets only",
@@ -1182,17 +1224,40 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
                 ]));
                 merge(
                     &mut values,
-                    json!({ "leaderElection": { "leaseName": "ds-lease" }, "clusterLostTimeout": "5m" }),
+                    json!({
+                        "leaderElection": { "leaseName": "ds-lease" },
+                        "clusterLostTimeout": "5m",
+                        // Helm merges maps: the relay stays enabled.
+                        "logRelay": { "maxStreams": 7 },
+                    }),
                 );
                 values
             },
-            BTreeSet::from(source_only),
+            source_only
+                .iter()
+                .chain([&relay_exec])
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+        ),
+        (
+            "self and a Secret target, log relay off",
+            {
+                let mut values = self_and_secret;
+                merge(&mut values, json!({ "logRelay": { "enabled": false } }));
+                values
+            },
+            BTreeSet::from(with_self),
         ),
     ];
+    // The only shape in which pods/exec may be granted, and only by the ClusterRole.
+    let relay_exec_rule =
+        json!({ "apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"] });
+    let exec_policy_name = format!("{}-{fullname}-exec", ns.name);
     for (case, values, expected_rules) in cases {
         let docs = render(&scratch, "delegate-sync", "mc", &ns.name, &version, &values)?;
         let context = || format!("delegate-sync chart, {case}");
         let self_target = case.starts_with("self");
+        let relay = !case.ends_with("log relay off");
 
         let cluster_role = find(&docs, "ClusterRole", &cluster_role_name).with_context(context)?;
         ensure!(
@@ -1206,11 +1271,16 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
         {
             for rule in role["rules"].as_array().into_iter().flatten() {
                 let resources = strings(&rule["resources"]);
+                let relay_exec_allowed = relay
+                    && kind_of(role) == "ClusterRole"
+                    && name_of(role) == cluster_role_name
+                    && *rule == relay_exec_rule;
                 ensure!(
                     !resources.iter().any(|r| matches!(
                         *r,
-                        "secrets" | "configmaps" | "pods/exec" | "serviceaccounts" | "*"
-                    )),
+                        "secrets" | "configmaps" | "serviceaccounts" | "*"
+                    ) || (*r == "pods/exec" && !relay_exec_allowed)
+                        || (*r == "pods/log" && !relay)),
                     "{case}: {} {} grants {rule}",
                     kind_of(role),
                     name_of(role)
@@ -1277,6 +1347,33 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
                 "{case}: {flag} missing from {args:?}"
             );
         }
+        // The log relay's flags: exactly these (no stream bound when it is off).
+        let relay_args: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| a.starts_with("--log-relay") || a.starts_with("--max-log-streams"))
+            .collect();
+        let expected_relay_args = match (relay, self_target) {
+            (true, true) => vec!["--log-relay=true", "--max-log-streams=100"],
+            (true, false) => vec!["--log-relay=true", "--max-log-streams=7"],
+            (false, _) => vec!["--log-relay=false"],
+        };
+        ensure!(
+            relay_args == expected_relay_args,
+            "{case}: log relay flags {relay_args:?}"
+        );
+        // And the binary reads them so.
+        let parsed = delegate_sync::args::Args::try_parse_from(
+            std::iter::once("delegate-sync").chain(args.iter().copied()),
+        )
+        .with_context(|| format!("{case}: delegate-sync refuses {args:?}"))?;
+        ensure!(parsed.log_relay == relay, "{case}: {parsed:?}");
+        if relay {
+            ensure!(
+                parsed.max_log_streams == if self_target { 100 } else { 7 },
+                "{case}: {parsed:?}"
+            );
+        }
         // Targets keep their listed order (ties go to the first).
         let targets: Vec<&str> = args
             .iter()
@@ -1315,6 +1412,74 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
             "{mounts:?}"
         );
 
+        // The exec policy: with the relay, this release's ServiceAccount only, CONNECT of
+        // pods/exec, Deny; without it, none.
+        let policies = all_of(&docs, "ValidatingAdmissionPolicy");
+        let exec_policies: Vec<&&Value> = policies
+            .iter()
+            .filter(|p| p.to_string().contains("pods/exec"))
+            .collect();
+        if relay {
+            let policy = find(&docs, "ValidatingAdmissionPolicy", &exec_policy_name)
+                .with_context(context)?;
+            ensure!(
+                exec_policies.len() == 1 && name_of(exec_policies[0]) == exec_policy_name,
+                "{case}: {exec_policies:?}"
+            );
+            let spec = &policy["spec"];
+            ensure!(spec["failurePolicy"] == json!("Fail"), "{policy}");
+            ensure!(
+                spec["matchConstraints"]
+                    == json!({ "resourceRules": [{
+                        "apiGroups": [""], "apiVersions": ["v1"],
+                        "operations": ["CONNECT"], "resources": ["pods/exec"],
+                    }] }),
+                "{case}: {}",
+                spec["matchConstraints"]
+            );
+            ensure!(
+                spec["matchConditions"]
+                    == json!([{
+                        "name": "delegate-sync",
+                        "expression": format!(
+                            "request.userInfo.username == 'system:serviceaccount:{}:{fullname}'",
+                            ns.name
+                        ),
+                    }]),
+                "{case}: {}",
+                spec["matchConditions"]
+            );
+            let validations = spec["validations"].as_array().context("no validations")?;
+            ensure!(validations.len() == 1, "{validations:?}");
+            let expression = validations[0]["expression"].as_str().unwrap_or_default();
+            for part in [
+                "'/proxy-waiter'",
+                "'relay'",
+                "'--container'",
+                "object.command[3] == object.container",
+                "object.tty",
+            ] {
+                ensure!(
+                    expression.contains(part),
+                    "{case}: {part} not in {expression}"
+                );
+            }
+            let binding = find(&docs, "ValidatingAdmissionPolicyBinding", &exec_policy_name)
+                .with_context(context)?;
+            ensure!(
+                binding["spec"]
+                    == json!({ "policyName": exec_policy_name, "validationActions": ["Deny"] }),
+                "{case}: {binding}"
+            );
+        } else {
+            ensure!(exec_policies.is_empty(), "{case}: {exec_policies:?}");
+            ensure!(
+                find(&docs, "ValidatingAdmissionPolicy", &exec_policy_name).is_err()
+                    && find(&docs, "ValidatingAdmissionPolicyBinding", &exec_policy_name).is_err(),
+                "{case}: the exec policy rendered without the relay"
+            );
+        }
+
         let left_out = dry_run(env, &scratch, &docs, &ns.name).with_context(context)?;
         ensure!(left_out.is_empty(), "{left_out:?}");
     }
@@ -1344,6 +1509,7 @@ async fn target_chart_token_can_place_delegates_and_nothing_else() -> anyhow::Re
                     "",
                     &["create", "delete", "get", "list", "watch"]
                 ),
+                rule("", "pods/log", "", &["get"]),
                 rule("", "nodes", "", &["get", "list", "watch"]),
                 rule(
                     "argoproj.io",
@@ -1589,29 +1755,56 @@ async fn check_target_token(
             _ => bail!("kubectl auth can-i {args:?}: {}", text(&out)),
         }
     };
-    for allowed in [
-        ["create", "pods", "-n", delegates_ns],
-        ["delete", "pods", "-n", delegates_ns],
-        ["watch", "pods", "-A", ""],
-        ["list", "nodes", "", ""],
+    for args in [
+        &["create", "pods", "-n", delegates_ns][..],
+        &["delete", "pods", "-n", delegates_ns],
+        &["watch", "pods", "-A"],
+        &["list", "nodes"],
+        // The log relay follows delegates' logs.
+        &["get", "pods", "--subresource=log", "-n", delegates_ns],
     ] {
-        let args: Vec<&str> = allowed.into_iter().filter(|a| !a.is_empty()).collect();
-        ensure!(can(&args)?, "the target token should be able to {args:?}");
+        ensure!(can(args)?, "the target token should be able to {args:?}");
     }
-    for denied in [
-        ["get", "secrets", "-n", delegates_ns],
-        ["patch", "pods", "-n", delegates_ns],
-        ["create", "pods", "--subresource=exec", "-A"],
-        ["create", "deployments", "-n", delegates_ns],
-        ["delete", "nodes", "", ""],
-        ["create", "namespaces", "", ""],
+    for args in [
+        &["get", "secrets", "-n", delegates_ns][..],
+        &["patch", "pods", "-n", delegates_ns],
+        &["create", "pods", "--subresource=exec", "-A"],
+        &["create", "pods", "--subresource=exec", "-n", delegates_ns],
+        &["get", "pods", "--subresource=exec", "-n", delegates_ns],
+        &["create", "pods", "--subresource=attach", "-n", delegates_ns],
+        &["create", "deployments", "-n", delegates_ns],
+        &["delete", "nodes"],
+        &["create", "namespaces"],
     ] {
-        let args: Vec<&str> = denied.into_iter().filter(|a| !a.is_empty()).collect();
-        ensure!(
-            !can(&args)?,
-            "the target token must not be able to {args:?}"
-        );
+        ensure!(!can(args)?, "the target token must not be able to {args:?}");
     }
+    // The same for real: authorization comes before the pod is looked up, so a log of a pod
+    // that does not exist is NotFound, an exec into it Forbidden.
+    let log = as_target(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{delegates_ns}/pods/nobody/log"),
+    ])?;
+    ensure!(
+        !log.status.success()
+            && text(&log).contains("NotFound")
+            && !text(&log).contains("Forbidden"),
+        "reading a log with the target kubeconfig: {}",
+        text(&log)
+    );
+    let body = scratch.write("exec-body.json", "{}")?;
+    let exec = as_target(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{delegates_ns}/pods/nobody/exec?command=id&stdout=true"),
+        "-f",
+        body.to_str().context("path")?,
+    ])?;
+    ensure!(
+        !exec.status.success() && text(&exec).contains("Forbidden"),
+        "an exec with the target kubeconfig: {}",
+        text(&exec)
+    );
     // And a real read through that kubeconfig: the nodes placement needs.
     let nodes = succeed(
         as_target(&["get", "nodes", "-o", "name"])?,
@@ -1969,5 +2162,182 @@ async fn delegate_sync_chart_refuses_edits_of_a_proxys_keys_to_all_but_delegate_
         as_delegate_sync(json!({ "metadata": { "finalizers": [] } }))?,
         "delegate-sync releasing the finalizer",
     )?;
+    Ok(())
+}
+
+/// The delegate-sync chart's exec policy applied for real, with its ClusterRole (bound in the
+/// test's namespace only): its ServiceAccount may exec `/proxy-waiter relay --container C` into
+/// container C and nothing else (no other command, container or TTY); no one else is concerned.
+/// The pod is never scheduled, so an exec the policy admits ends, without any kubelet, in the
+/// apiserver's "does not have a host assigned".
+#[tokio::test]
+async fn delegate_sync_chart_lets_its_account_exec_the_log_relay_only() -> anyhow::Result<()> {
+    const ADMITTED: &str = "does not have a host assigned";
+    const REFUSED: &str = "delegate-sync may only exec /proxy-waiter relay";
+    let env = TestEnv::get().await?;
+    let version = kube_version(env).await?;
+    let scratch = Scratch::new()?;
+    let ns = env.namespace("charts-exec").await?;
+    let values = delegate_sync_values(json!([{ "name": "cluster1", "self": true }]));
+    let docs = render(&scratch, "delegate-sync", "mc", &ns.name, &version, &values)?;
+    let policy_name = format!("{}-mc-delegate-sync-exec", ns.name);
+    let cluster_role_name = format!("{}-mc-delegate-sync", ns.name);
+    let applied: Vec<&Value> = [
+        ("ValidatingAdmissionPolicy", policy_name.as_str()),
+        ("ValidatingAdmissionPolicyBinding", &policy_name),
+        ("ClusterRole", &cluster_role_name),
+        ("ServiceAccount", "mc-delegate-sync"),
+    ]
+    .into_iter()
+    .map(|(kind, name)| find(&docs, kind, name))
+    .collect::<anyhow::Result<_>>()?;
+    let _cleanup = ClusterScoped {
+        env,
+        context: "cluster1",
+        objects: vec![
+            format!("validatingadmissionpolicybinding/{policy_name}"),
+            format!("validatingadmissionpolicy/{policy_name}"),
+            format!("clusterrole/{cluster_role_name}"),
+        ],
+    };
+    let file = scratch.write(
+        "exec-protection.json",
+        &json!({ "apiVersion": "v1", "kind": "List", "items": applied }).to_string(),
+    )?;
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &[
+                "-n",
+                &ns.name,
+                "apply",
+                "--server-side",
+                "-f",
+                file.to_str().context("path")?,
+            ],
+        )?,
+        "applying the policy and the ClusterRole",
+    )?;
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &[
+                "-n",
+                &ns.name,
+                "create",
+                "rolebinding",
+                "delegate-sync",
+                &format!("--clusterrole={cluster_role_name}"),
+                &format!("--serviceaccount={}:mc-delegate-sync", ns.name),
+            ],
+        )?,
+        "binding the chart's ClusterRole in the namespace",
+    )?;
+    let proxy = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "proxy", "namespace": ns.name,
+    }, "spec": {
+        "schedulerName": "charts-test-no-scheduler",
+        "containers": [{ "name": "main", "image": "proxy-waiter" }],
+    } });
+    let pod_file = scratch.write("proxy.json", &proxy.to_string())?;
+    succeed(
+        kubectl(
+            env,
+            "cluster1",
+            &["create", "-f", pod_file.to_str().context("path")?],
+        )?,
+        "creating the proxy",
+    )?;
+
+    let as_delegate_sync = format!("--as=system:serviceaccount:{}:mc-delegate-sync", ns.name);
+    // An exec never succeeds here; its error says who stopped it.
+    let exec = |who: Option<&str>, command: &[&str]| -> anyhow::Result<String> {
+        let mut args = vec!["-n", &ns.name, "exec", "proxy", "-c", "main"];
+        args.extend(who);
+        args.push("--");
+        args.extend_from_slice(command);
+        let out = kubectl(env, "cluster1", &args)?;
+        ensure!(
+            !out.status.success(),
+            "exec {command:?} ran in a pod without a node"
+        );
+        Ok(text(&out))
+    };
+    // A new policy takes a moment to be enforced.
+    let mut refused = None;
+    for _ in 0..100 {
+        let out = exec(Some(&as_delegate_sync), &["sh", "-c", "id"])?;
+        if out.contains(REFUSED) {
+            refused = Some(out);
+            break;
+        }
+        ensure!(out.contains(ADMITTED), "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refused = refused.context("the policy never refused an exec of sh")?;
+    ensure!(
+        refused.contains("Forbidden") && refused.contains("not sh -c id"),
+        "{refused}"
+    );
+
+    let relay = ["/proxy-waiter", "relay", "--container", "main"];
+    let out = exec(Some(&as_delegate_sync), &relay)?;
+    ensure!(
+        out.contains(ADMITTED) && !out.contains(REFUSED),
+        "the relay itself: {out}"
+    );
+    for command in [
+        &["/proxy-waiter", "relay", "--container", "other"][..],
+        &["/proxy-waiter", "relay", "--container", "main", "--extra"],
+        &["/proxy-waiter", "relay", "--container"],
+        &["/proxy-waiter", "relay"],
+        &["/proxy-waiter", "run", "--container", "main"],
+        &["proxy-waiter", "relay", "--container", "main"],
+        &["/bin/sh", "relay", "--container", "main"],
+    ] {
+        let out = exec(Some(&as_delegate_sync), command)?;
+        ensure!(
+            out.contains(REFUSED) && out.contains(&command.join(" ")),
+            "{command:?}: {out}"
+        );
+    }
+    // With a TTY (kubectl drops -t without a terminal: the request by hand).
+    let body = scratch.write("exec-body.json", "{}")?;
+    let raw_exec = |tty: bool| -> anyhow::Result<String> {
+        let path = format!(
+            "/api/v1/namespaces/{}/pods/proxy/exec?command=/proxy-waiter&command=relay\
+             &command=--container&command=main&container=main&stdout=true&tty={tty}",
+            ns.name
+        );
+        let out = kubectl(
+            env,
+            "cluster1",
+            &[
+                &as_delegate_sync,
+                "create",
+                "--raw",
+                &path,
+                "-f",
+                body.to_str().context("path")?,
+            ],
+        )?;
+        ensure!(!out.status.success(), "exec with tty={tty} ran");
+        Ok(text(&out))
+    };
+    let out = raw_exec(true)?;
+    ensure!(out.contains(REFUSED), "with a TTY: {out}");
+    let out = raw_exec(false)?;
+    ensure!(
+        out.contains(ADMITTED) && !out.contains(REFUSED),
+        "without a TTY: {out}"
+    );
+    // Anyone else: not the policy's business.
+    let out = exec(None, &["sh", "-c", "id"])?;
+    ensure!(
+        out.contains(ADMITTED) && !out.contains(REFUSED),
+        "an administrator's exec: {out}"
+    );
     Ok(())
 }

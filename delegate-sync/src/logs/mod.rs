@@ -334,11 +334,14 @@ fn started(delegate: &Pod, container: &str) -> bool {
         })
 }
 
-/// The proxy container has not started yet.
+/// The proxy container is being started on its node (an unscheduled proxy may wait for room
+/// for long: the result does not wait for it).
 fn waiting(proxy: &Pod, container: &str) -> bool {
-    outcome::statuses(proxy)
-        .find(|s| s.name == container)
-        .is_none_or(|s| s.state.as_ref().is_none_or(|st| st.waiting.is_some()))
+    let scheduled = proxy.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    scheduled
+        && outcome::statuses(proxy)
+            .find(|s| s.name == container)
+            .is_none_or(|s| s.state.as_ref().is_none_or(|st| st.waiting.is_some()))
 }
 
 /// The proxy container runs (a relay can be exec'd into it).
