@@ -119,7 +119,10 @@ bench: tools node-images $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benc
 	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000) && \
 	echo "last hop on real nodes, downward API and exec fast path in alternating rounds:" && \
 	target/release/examples/last_hop --testbed-dir $(BENCH_TESTBED_DIR) \
-	  --pods $(if $(filter 1,$(BENCH_QUICK)),20,100)
+	  --pods $(if $(filter 1,$(BENCH_QUICK)),20,100) && \
+	echo "log relay on real nodes: latency, then one stream and 50 at once:" && \
+	target/release/examples/log_relay --testbed-dir $(BENCH_TESTBED_DIR) \
+	  --pods 20 --streams $(if $(filter 1,$(BENCH_QUICK)),10,50)
 	@e2e/bench/summary.py
 
 CARGO_FUZZ_VERSION := 0.13.2

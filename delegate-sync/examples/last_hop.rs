@@ -25,10 +25,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use contract::{CLUSTER_NAME, ELECT, RESULT, manifest::ManifestKey};
+use contract::{RESULT, manifest::ManifestKey};
 use e2e::testbed::Testbed;
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt as _,
     api::{AttachParams, DeleteParams, ListParams, PostParams},
@@ -190,49 +190,6 @@ async fn deliver(api: Api<Pod>, name: String, result: String, seen: Shared) {
     }
 }
 
-/// An elected pod, pinned to cluster2, on real nodes, turned into its proxy by the webhook's
-/// own rewrite (with the settings `make demo` gives the webhook).
-fn proxy(namespace: &str, name: &str, key: &ManifestKey) -> anyhow::Result<Pod> {
-    let mut pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": namespace,
-                      "annotations": { ELECT: "", CLUSTER_NAME: "cluster2" } },
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{ "name": "main", "image": e2e::nodes::BUSYBOX_IMAGE,
-                             "command": ["sleep", SLEEP_SECONDS] }],
-        },
-    }))?;
-    e2e::nodes::on_real_nodes(pod.spec.as_mut().context("a spec")?);
-    let mut value = serde_json::to_value(&pod)?;
-    let settings = webhook::mutate::ProxySettings {
-        requests: [
-            ("cpu".to_string(), json!("0")),
-            ("memory".to_string(), json!("8Mi")),
-        ]
-        .into_iter()
-        .collect(),
-        node_selector: [(e2e::nodes::KIND_LABEL.to_string(), json!(e2e::nodes::REAL))]
-            .into_iter()
-            .collect(),
-        tolerations: vec![serde_json::to_value(e2e::nodes::real_node_toleration())?],
-        ..Default::default()
-    };
-    match webhook::mutate::mutate(&value, namespace, &settings, key) {
-        webhook::mutate::Mutation::Patch(patch) => json_patch::patch(&mut value, &patch)?,
-        other => bail!("the webhook would not make a proxy of {name}: {other:?}"),
-    }
-    Ok(serde_json::from_value(value)?)
-}
-
-async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
-    for client in clients {
-        let api: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
-        api.create(&PostParams::default(), &namespace).await?;
-    }
-    Ok(())
-}
-
 /// Runs one round: `names` created at once, each waited for until its proxy pod ended; then
 /// the proxies are deleted (delegate-sync deletes the delegates) and waited for.
 async fn round(
@@ -245,7 +202,10 @@ async fn round(
     futures::stream::iter(names)
         .map(|name| async move {
             proxies
-                .create(&PostParams::default(), &proxy(namespace, name, key)?)
+                .create(
+                    &PostParams::default(),
+                    &common::real_node_proxy(namespace, name, &["sleep", SLEEP_SECONDS], key)?,
+                )
                 .await?;
             Ok::<(), anyhow::Error>(())
         })
@@ -319,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let key = ManifestKey::from_bytes(KEY)?;
     let namespace = format!("last-hop-{}", std::process::id());
-    create_namespace(&[source.clone(), target.clone()], &namespace).await?;
+    common::create_namespace(&[source.clone(), target.clone()], &namespace).await?;
     let seen = Shared::default();
     let exec_names = Arc::new(Mutex::new(HashSet::new()));
     let watches = [

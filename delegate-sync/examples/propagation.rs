@@ -29,7 +29,7 @@ use contract::{
 };
 use e2e::{lifecycle, testbed::Testbed};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt as _, api::PostParams};
 use serde_json::{Value, json};
 
@@ -138,15 +138,6 @@ fn proxy(namespace: &str, name: &str, key: &ManifestKey) -> anyhow::Result<Pod> 
     }))?)
 }
 
-async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
-    for client in clients {
-        let api: Api<Namespace> = Api::all(client.clone());
-        let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
-        api.create(&PostParams::default(), &namespace).await?;
-    }
-    Ok(())
-}
-
 /// The floor: round trips of direct pod creates against a target, `count` at once (for a
 /// single proxy, 20 creates one after the other, so that its p99 means something).
 async fn floor(client: &Client, namespace: &str, count: usize) -> anyhow::Result<Vec<f64>> {
@@ -198,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &count in &args.counts {
         let namespace = format!("propagation-{count}-{}", std::process::id());
-        create_namespace(&all, &namespace).await?;
+        common::create_namespace(&all, &namespace).await?;
         let seen = Shared::default();
         let mut watches = vec![watch_results(source.clone(), &namespace, seen.clone())];
         for target in &targets {

@@ -12,10 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use contract::{CLUSTER_NAME, ELECT, manifest::ManifestKey};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api, Client,
+    api::PostParams,
     runtime::{WatchStreamExt as _, watcher},
 };
 use serde_json::{Value, json};
@@ -96,7 +98,7 @@ pub async fn start_delegate_sync(
             "--admin-address",
             &format!("127.0.0.1:{admin}"),
             "--log-level",
-            "warn",
+            &std::env::var("BENCH_DELEGATE_SYNC_LOG").unwrap_or_else(|_| "warn".into()),
         ])
         .stdout(Stdio::null())
         .stderr(log);
@@ -206,5 +208,53 @@ pub fn write_report(
             "rows": rows,
         }))?,
     )?;
+    Ok(())
+}
+
+/// An elected pod running `command`, pinned to cluster2, on real nodes, turned into its proxy
+/// by the webhook's own rewrite (with the settings `make demo` gives the webhook).
+pub fn real_node_proxy(
+    namespace: &str,
+    name: &str,
+    command: &[&str],
+    key: &ManifestKey,
+) -> anyhow::Result<Pod> {
+    let mut pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": namespace,
+                      "annotations": { ELECT: "", CLUSTER_NAME: "cluster2" } },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": e2e::nodes::BUSYBOX_IMAGE,
+                             "command": command }],
+        },
+    }))?;
+    e2e::nodes::on_real_nodes(pod.spec.as_mut().context("a spec")?);
+    let mut value = serde_json::to_value(&pod)?;
+    let settings = webhook::mutate::ProxySettings {
+        requests: [
+            ("cpu".to_string(), json!("0")),
+            ("memory".to_string(), json!("8Mi")),
+        ]
+        .into_iter()
+        .collect(),
+        node_selector: [(e2e::nodes::KIND_LABEL.to_string(), json!(e2e::nodes::REAL))]
+            .into_iter()
+            .collect(),
+        tolerations: vec![serde_json::to_value(e2e::nodes::real_node_toleration())?],
+        ..Default::default()
+    };
+    match webhook::mutate::mutate(&value, namespace, &settings, key) {
+        webhook::mutate::Mutation::Patch(patch) => json_patch::patch(&mut value, &patch)?,
+        other => bail!("the webhook would not make a proxy of {name}: {other:?}"),
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+pub async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
+    for client in clients {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+        api.create(&PostParams::default(), &namespace).await?;
+    }
     Ok(())
 }

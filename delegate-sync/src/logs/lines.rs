@@ -5,7 +5,7 @@
 //! the log without a newline if the container's last line had none; bytes are passed as they
 //! are, UTF-8 or not.
 
-use futures::{AsyncBufRead, AsyncBufReadExt as _, FutureExt as _};
+use futures::{AsyncBufRead, AsyncBufReadExt as _};
 
 use super::position::{Piece, Stamp};
 
@@ -39,9 +39,12 @@ impl<R: AsyncBufRead + Unpin> Lines<R> {
         }
     }
 
-    /// True when more bytes are there without waiting.
-    pub fn more_ready(&mut self) -> bool {
-        matches!(self.reader.fill_buf().now_or_never(), Some(Ok(buf)) if !buf.is_empty())
+    /// True when more bytes are there within `wait`.
+    pub async fn more_within(&mut self, wait: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.reader.fill_buf()).await,
+            Ok(Ok(buf)) if !buf.is_empty()
+        )
     }
 
     /// The next piece; None at the end of the log.

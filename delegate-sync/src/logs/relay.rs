@@ -15,6 +15,9 @@ use crate::{outcome, targets::Target};
 
 /// Largest frame sent: pieces that are there without waiting are sent together.
 const FRAME: usize = contract::relay::MAX_FRAME;
+/// How long a frame waits for more of the log before it is sent: a burst goes in few frames,
+/// a line alone waits no longer than this.
+const GATHER: Duration = Duration::from_millis(2);
 /// Waits between attempts after a transient failure, growing to the last.
 const BACKOFF: [Duration; 5] = [
     Duration::from_millis(200),
@@ -131,6 +134,7 @@ async fn pass(job: &Job, refusals: &mut usize) -> Pass {
         }
         Err(channel::Error::Transient(why)) => return Pass::Again(why),
     };
+    tracing::debug!(proxy = %job.proxy, container = %job.container, at = %channel.position, "log relay connected to the proxy container");
     let position = Position::parse(&channel.position);
     let uid8 = job.uid8();
     let instance = status.restart_count;
@@ -287,7 +291,7 @@ async fn copy(
             flush(job, channel, &mut frame, &mut last).await?;
             return Ok(Some(Outcome::LimitReached(*total)));
         }
-        if frame.len() + lines::MAX_PIECE > FRAME || !lines.more_ready() {
+        if frame.len() + lines::MAX_PIECE > FRAME || !lines.more_within(GATHER).await {
             flush(job, channel, &mut frame, &mut last).await?;
         }
     }
