@@ -27,8 +27,9 @@ pub const KUBECONFIG_KEY: &str = "kubeconfig";
 
 /// What a source's delegate-sync may do in a target: exactly the rules of the target chart
 /// (`charts/target/templates/rbac.yaml`): its delegates (create, delete, get, list, watch), the
-/// reads placement needs (pods and nodes), and the Argo task results it keeps for delegates
-/// (get, create, patch). No Secrets, no exec, no writes but pods and task results.
+/// reads placement needs (pods and nodes), the delegates' logs it relays (pods/log get), and
+/// the Argo task results it keeps for delegates (get, create, patch). No Secrets, no exec, no
+/// writes but pods and task results.
 pub fn cluster_role_rules() -> Vec<PolicyRule> {
     let rule = |group: &str, resource: &str, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_string()]),
@@ -38,6 +39,7 @@ pub fn cluster_role_rules() -> Vec<PolicyRule> {
     };
     vec![
         rule("", "pods", &["create", "delete", "get", "list", "watch"]),
+        rule("", "pods/log", &["get"]),
         rule("", "nodes", &["get", "list", "watch"]),
         rule(
             "argoproj.io",

@@ -598,6 +598,21 @@ async fn scenarios(cli: &Cli, env: &Env, running: &mut Running) -> anyhow::Resul
         )?;
     }
 
+    step("Logs: `kubectl logs` on a proxy shows its delegate's log");
+    for s in scenarios.iter().filter(|s| s.elected) {
+        let (equal, compared) = scenario::compare_logs(env, s).await?;
+        println!(
+            "  {}: {equal} of {compared} proxies' logs are their delegates', relayed by delegate-sync",
+            s.namespace
+        );
+        anyhow::ensure!(
+            equal == compared,
+            "{} proxies of {} do not show their delegate's log",
+            compared - equal,
+            s.namespace
+        );
+    }
+
     summary(&outcomes)
 }
 

@@ -27,9 +27,9 @@ const DELEGATE_LABEL: &str = "multicluster.admiralty.io/delegate";
 /// Labels and annotations the Job controller puts on its pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
-/// What every step runs (the blog's `sleep 10`, for real, on the test bed's real nodes), and
-/// what it requests.
-const SLEEP_SECONDS: &str = "10";
+/// What every step runs (the blog's `sleep 10`, for real, on the test bed's real nodes, with a
+/// line of log before and after, which the proxy's log shows), and what it requests.
+const STEP_SCRIPT: &str = "echo \"step started in pod $(hostname) at $(date -u +%T)\"; sleep 10; echo \"step done at $(date -u +%T)\"";
 const CPU_REQUEST: &str = "200m";
 
 /// One Job of a scenario: `completions` pods at once, each a step.
@@ -136,7 +136,7 @@ fn job(spec: &JobSpec, elected: bool) -> anyhow::Result<Job> {
                     "containers": [{
                         "name": "main",
                         "image": e2e::nodes::BUSYBOX_IMAGE,
-                        "command": ["sleep", SLEEP_SECONDS],
+                        "command": ["sh", "-c", STEP_SCRIPT],
                         "resources": { "requests": { "cpu": CPU_REQUEST } },
                     }],
                     // The real nodes of the test bed (tainted so that only pods asking go there).
@@ -294,7 +294,7 @@ pub async fn run(
                 None => String::new(),
             };
             println!(
-                "  +{:5.1}s  created Job {}: {} pod(s) of {CPU_REQUEST} CPU running `sleep {SLEEP_SECONDS}`{what}",
+                "  +{:5.1}s  created Job {}: {} pod(s) of {CPU_REQUEST} CPU running `sleep 10` between two log lines{what}",
                 started.elapsed().as_secs_f64(),
                 spec.name,
                 spec.completions
@@ -628,4 +628,38 @@ async fn diagnose(env: &Env, scenario: &Scenario) -> String {
         crate::shown(&env.work_dir.join("delegate-sync.log"))
     ));
     out
+}
+
+/// The proxies of an elected scenario whose log is their delegate's, of those that have a
+/// delegate: `kubectl logs` on a Job's pod shows the step's output.
+pub async fn compare_logs(env: &Env, scenario: &Scenario) -> anyhow::Result<(usize, usize)> {
+    let proxies: Api<Pod> = Api::namespaced(env.client(SOURCE)?, scenario.namespace);
+    let listed = proxies
+        .list(&ListParams::default().labels(&format!("{}=true", contract::PROXY_LABEL)))
+        .await?;
+    let (mut equal, mut compared) = (0, 0);
+    for proxy in &listed.items {
+        let annotations = proxy.metadata.annotations.clone().unwrap_or_default();
+        let (Some(target), Some(delegate), Some(name)) = (
+            annotations.get(contract::TARGET_CLUSTER),
+            annotations.get(contract::DELEGATE_NAME),
+            proxy.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let delegates: Api<Pod> = Api::namespaced(env.client(target)?, scenario.namespace);
+        let params = kube::api::LogParams {
+            container: Some("main".into()),
+            ..Default::default()
+        };
+        let relayed = proxies.logs(name, &params).await?;
+        let written = delegates.logs(delegate, &params).await?;
+        compared += 1;
+        if relayed == written {
+            equal += 1;
+        } else {
+            println!("  {name}: its log {relayed:?} is not its delegate's {written:?}");
+        }
+    }
+    Ok((equal, compared))
 }
