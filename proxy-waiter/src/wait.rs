@@ -43,9 +43,11 @@ struct Waiter<'a> {
     last_problem: Option<String>,
     /// The connection relaying the delegate container's log, if one is open.
     relay: Option<Relay>,
-    /// Where the relayed log stands (see `contract::relay`); once anything was relayed, the
-    /// container's log is the delegate's and the waiter's own summary stays out of it.
+    /// Where the relayed log stands (see `contract::relay`).
     position: Option<String>,
+    /// Once a relay came, the container's log is the delegate's (even if it is empty): the
+    /// waiter's own summary stays out of it.
+    relayed: bool,
 }
 
 impl<'a> Waiter<'a> {
@@ -75,6 +77,7 @@ impl<'a> Waiter<'a> {
             last_problem: None,
             relay: None,
             position: None,
+            relayed: false,
         };
         waiter.watch_annotations();
         Ok(waiter)
@@ -129,11 +132,7 @@ impl<'a> Waiter<'a> {
     }
 
     fn finish(&self, outcome: &contract::result::Outcome) -> u8 {
-        finish(
-            outcome,
-            &self.config.termination_log,
-            self.position.is_none(),
-        )
+        finish(outcome, &self.config.termination_log, !self.relayed)
     }
 
     fn on_signals(&mut self) -> Option<u8> {
@@ -177,6 +176,7 @@ impl<'a> Waiter<'a> {
                 // interleave, and the newer one resumes from the position it is told.
                 self.relay = None;
                 self.relay = Relay::open(stream, self.position.as_deref());
+                self.relayed = true;
                 continue;
             }
             if let Some(code) = self.on_delivery(&stream, prefix) {

@@ -695,6 +695,23 @@ fn bad_frames_close_the_relay_and_the_waiter_keeps_waiting() {
 }
 
 #[test]
+fn an_empty_relayed_log_stays_empty() {
+    let scene = Scene::new();
+    let mut waiter = scene.wait_ready("main");
+    let out = drain_stdout(&mut waiter);
+    let (relay, at) = RelaySession::open(&scene, "main");
+    assert_eq!((relay.end(), at.as_str()), ("-".to_string(), "-"));
+    let deliver = scene.deliver("main", &result(&[("main", 0, "")]), &[]);
+    assert!(deliver.status.success(), "{deliver:?}");
+    let _ = waiter.finish(EXIT);
+    assert_eq!(
+        out.join(),
+        b"",
+        "the delegate wrote nothing, nor does the waiter"
+    );
+}
+
+#[test]
 fn relay_without_a_waiter_fails_and_says_why() {
     let scene = Scene::new();
     let out = scene

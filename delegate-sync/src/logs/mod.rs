@@ -76,19 +76,65 @@ pub enum State {
     /// Its first attempt failed and it never connected since: it does not hold the result (a
     /// node without a kubelet to exec through, an apiserver that does not answer).
     Retrying,
+    /// The delegate ended before the proxy container ran: is there anything to relay?
+    Probing,
+    /// There is: a relay starts once the proxy container runs.
+    NeedsRelay,
     Done(Outcome),
 }
 
 impl State {
     /// Whether the proxy's result waits for this relay.
     fn holds_result(&self) -> bool {
-        matches!(self, Self::Trying | Self::Connected)
+        matches!(self, Self::Trying | Self::Connected | Self::Probing)
     }
 }
 
 struct Entry {
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Entry {
+    fn state(&self) -> State {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(State::Done(Outcome::Complete))
+    }
+}
+
+/// Whether an ended delegate container wrote anything: `NeedsRelay` if so (or if the target
+/// does not answer), `Done` if not, or if the target refuses its log (a node without a
+/// kubelet to read it from: a relay could not read it either).
+async fn probe(
+    target: Target,
+    namespace: String,
+    delegate: String,
+    container: String,
+    state: Arc<Mutex<State>>,
+    wake: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    proxy: ObjectRef<Pod>,
+) {
+    let params = kube::api::LogParams {
+        container: Some(container),
+        limit_bytes: Some(1),
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(target.client.clone(), &namespace);
+    let empty = match pods.logs(&delegate, &params).await {
+        Ok(log) => log.is_empty(),
+        Err(kube::Error::Api(_)) => true,
+        Err(_) => false,
+    };
+    if let Ok(mut state) = state.lock() {
+        *state = if empty {
+            State::Done(Outcome::Complete)
+        } else {
+            State::NeedsRelay
+        };
+    }
+    let _ = wake.send(proxy);
 }
 
 impl Drop for Entry {
@@ -165,10 +211,28 @@ impl Relays {
                 delegate: delegate_uid.to_string(),
                 container: container.clone(),
             };
-            if entries.contains_key(&key)
-                || !started(delegate, &container)
-                || !running(proxy, &container)
+            let known = entries.get(&key).map(|e| e.state());
+            if !started(delegate, &container)
+                || known.as_ref().is_some_and(|s| *s != State::NeedsRelay)
             {
+                continue;
+            }
+            if !running(proxy, &container) {
+                if delegate_ended && known.is_none() {
+                    // A delegate that ended before its proxy ran: a log to relay holds the
+                    // result until the proxy runs; none does not.
+                    let state = Arc::new(Mutex::new(State::Probing));
+                    let task = tokio::spawn(probe(
+                        target.clone(),
+                        delegate.namespace().unwrap_or_default(),
+                        delegate.name_any(),
+                        container.clone(),
+                        state.clone(),
+                        self.wake.clone(),
+                        ObjectRef::from_obj(&**proxy),
+                    ));
+                    entries.insert(key, Entry { state, task });
+                }
                 continue;
             }
             let state = Arc::new(Mutex::new(State::Trying));
@@ -205,15 +269,25 @@ impl Relays {
         ) else {
             return true;
         };
-        let starting = delegate_containers(delegate)
-            .iter()
-            .any(|c| started(delegate, c) && waiting(proxy, c));
-        if starting {
-            return false;
-        }
         let Ok(entries) = self.entries.lock() else {
             return true;
         };
+        let done = |container: &str| {
+            let key = Key {
+                proxy: proxy_uid.to_string(),
+                delegate: delegate_uid.to_string(),
+                container: container.to_string(),
+            };
+            entries
+                .get(&key)
+                .is_some_and(|e| matches!(e.state(), State::Done(_)))
+        };
+        let starting = delegate_containers(delegate)
+            .iter()
+            .any(|c| started(delegate, c) && waiting(proxy, c) && !done(c));
+        if starting {
+            return false;
+        }
         entries
             .iter()
             .filter(|(k, _)| k.proxy == proxy_uid && k.delegate == delegate_uid)
@@ -266,6 +340,7 @@ impl Relays {
             streams.inc();
             let outcome = relay::run(&job).await;
             streams.dec();
+            tracing::debug!(proxy = %job.proxy, container = %job.container, ?outcome, "log relay ended");
             drop(permit);
             let notice = match &outcome {
                 Outcome::Complete => None,

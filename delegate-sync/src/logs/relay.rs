@@ -147,15 +147,15 @@ async fn pass(job: &Job, refusals: &mut usize) -> Pass {
             job,
             &mut channel,
             p.instance,
-            true,
+            Read::Previous,
             resume,
             &mut total,
             refusals,
         )
         .await
         {
-            Ok(None) => {}
-            Ok(Some(done)) => return finish(channel, done).await,
+            Ok(Copied::Done(done)) => return finish(channel, done).await,
+            Ok(_) => {}
             Err(why) => return Pass::Again(why),
         }
     }
@@ -167,15 +167,39 @@ async fn pass(job: &Job, refusals: &mut usize) -> Pass {
         job,
         &mut channel,
         instance,
-        false,
+        Read::Follow,
         resume,
         &mut total,
         refusals,
     )
     .await
     {
-        Ok(Some(done)) => return finish(channel, done).await,
-        Ok(None) => {}
+        Ok(Copied::Done(done)) => return finish(channel, done).await,
+        Ok(Copied::ToTheEnd) => {}
+        Ok(Copied::InstanceEnded) => {
+            tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: the container ended; reading the rest");
+            // What the follow had not read yet, at once: the kubelet ends a follow only at its
+            // next check of the container (every 5 s), and the result waits for the relay.
+            let resume = match Position::parse(&channel.position) {
+                Some(p) if p.delegate == uid8 && p.instance == instance => Resume::after(&p),
+                _ => Resume::from_start(),
+            };
+            match copy(
+                job,
+                &mut channel,
+                instance,
+                Read::Rest,
+                resume,
+                &mut total,
+                refusals,
+            )
+            .await
+            {
+                Ok(Copied::Done(done)) => return finish(channel, done).await,
+                Ok(_) => {}
+                Err(why) => return Pass::Again(why),
+            }
+        }
         Err(why) => return Pass::Again(why),
     }
     // The instance's log ended: is that the end of the container?
@@ -221,22 +245,58 @@ fn ended_for_good(job: &Job, status: &ContainerStatus) -> bool {
     }
 }
 
-/// Copies one instance's log (following it unless `previous`) from `resume`; Some(outcome)
-/// when the relay must end here (the limit), None at the end of the instance's log.
+/// How an instance's log is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// The current instance, following it as it is written.
+    Follow,
+    /// The current instance, what is written so far (it ended).
+    Rest,
+    /// The previous instance (the container restarted since).
+    Previous,
+}
+
+/// Where a copy stopped.
+enum Copied {
+    /// At the end of what the kubelet served.
+    ToTheEnd,
+    /// Following, the instance was seen ended: the rest is read without following.
+    InstanceEnded,
+    /// The relay ends here (the limit).
+    Done(Outcome),
+}
+
+/// How often a follow looks whether its instance ended, while no line comes.
+const ENDED_CHECK: Duration = Duration::from_millis(200);
+
+/// Returns once the target's cache shows `instance` of the container ended.
+async fn instance_ended(job: &Job, instance: i32) {
+    loop {
+        let ended = job.status_now().is_none_or(|s| {
+            s.restart_count > instance || s.state.as_ref().is_some_and(|st| st.terminated.is_some())
+        });
+        if ended {
+            return;
+        }
+        tokio::time::sleep(ENDED_CHECK).await;
+    }
+}
+
+/// Copies one instance's log from `resume`, as `read` says.
 async fn copy(
     job: &Job,
     channel: &mut Channel,
     instance: i32,
-    previous: bool,
+    read: Read,
     mut resume: Resume,
     total: &mut u64,
     refusals: &mut usize,
-) -> Result<Option<Outcome>, String> {
+) -> Result<Copied, String> {
     let since = channel_since(channel, job, instance);
     let params = LogParams {
         container: Some(job.container.clone()),
-        follow: !previous,
-        previous,
+        follow: read == Read::Follow,
+        previous: read == Read::Previous,
         timestamps: true,
         since_time: since,
         ..LogParams::default()
@@ -255,7 +315,15 @@ async fn copy(
     let mut frame = Vec::with_capacity(FRAME);
     let mut last = None;
     loop {
-        let piece = match lines.next().await {
+        let next = if read == Read::Follow && frame.is_empty() {
+            tokio::select! {
+                next = lines.next() => next,
+                () = instance_ended(job, instance) => return Ok(Copied::InstanceEnded),
+            }
+        } else {
+            lines.next().await
+        };
+        let piece = match next {
             Ok(Some(piece)) => piece,
             Ok(None) => break,
             Err(lines::Error::NoStamp(line)) => {
@@ -289,14 +357,14 @@ async fn copy(
         }
         if job.limit.is_some_and(|limit| *total >= limit) {
             flush(job, channel, &mut frame, &mut last).await?;
-            return Ok(Some(Outcome::LimitReached(*total)));
+            return Ok(Copied::Done(Outcome::LimitReached(*total)));
         }
         if frame.len() + lines::MAX_PIECE > FRAME || !lines.more_within(GATHER).await {
             flush(job, channel, &mut frame, &mut last).await?;
         }
     }
     flush(job, channel, &mut frame, &mut last).await?;
-    Ok(None)
+    Ok(Copied::ToTheEnd)
 }
 
 /// `sinceTime` for a re-read: the second of the waiter's position in this instance.
