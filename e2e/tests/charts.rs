@@ -1199,7 +1199,7 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
     ];
     // The log relay: exec into proxies (the exec policy narrows it), and logs of delegates
     // placed in the source cluster itself.
-    let relay_exec = rule("", "pods/exec", "", &["create"]);
+    let relay_exec = rule("", "pods/exec", "", &["create", "get"]);
     let relay_log = rule("", "pods/log", "", &["get"]);
     let self_and_secret = delegate_sync_values(json!([
         { "name": "cluster1", "self": true },
@@ -1251,7 +1251,7 @@ async fn delegate_sync_renders_for_self_and_secret_targets_with_exact_rbac() -> 
     ];
     // The only shape in which pods/exec may be granted, and only by the ClusterRole.
     let relay_exec_rule =
-        json!({ "apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"] });
+        json!({ "apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"] });
     let exec_policy_name = format!("{}-{fullname}-exec", ns.name);
     for (case, values, expected_rules) in cases {
         let docs = render(&scratch, "delegate-sync", "mc", &ns.name, &version, &values)?;
