@@ -1,7 +1,7 @@
 //! The log relay on real kubelets: `kubectl logs` on a proxy is its delegate's log, byte for
 //! byte (long lines the runtime splits, bytes that are not UTF-8, a last line without newline),
 //! live while the delegate runs, and whole once the proxy container ended; across a
-//! delegate-sync killed with SIGKILL and one stopped gracefully mid-stream, and a target
+//! delegate-sync killed with SIGKILL and a leader handing over to its standby mid-stream, and a target
 //! apiserver that stops answering mid-stream; with the per-pod annotations (off, a byte limit)
 //! and `--max-log-streams` (past it, the log comes at the end, and an Event says so).
 //!
@@ -95,7 +95,7 @@ async fn past_max_log_streams_the_log_comes_whole_at_the_end() {
 }
 
 #[tokio::test]
-async fn nothing_is_lost_or_repeated_when_delegate_sync_is_killed_or_stopped_mid_stream() {
+async fn nothing_is_lost_or_repeated_when_delegate_sync_is_killed_or_hands_over_mid_stream() {
     let (env, ns, _pieces) = scene("relay-kill", true).await;
     let scratch = Scratch::new("relay-kill");
     let mut sync = own_sync(env, &scratch, "delegate-sync.log", &[]);
@@ -104,16 +104,27 @@ async fn nothing_is_lost_or_repeated_when_delegate_sync_is_killed_or_stopped_mid
     wait_for_lines(&ns, "steady", &delegate, 40).await;
     sync.process.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut second = own_sync(env, &scratch, "delegate-sync-2.log", &[]);
-    second.start_ready().await;
-    wait_for_lines(&ns, "steady", &delegate, 120).await;
-    // A graceful stop, as a leader hands over: the next replica resumes.
+    // Two replicas with leader election: the first holds the Lease and relays.
+    let replica = |name: &str| {
+        let lease = [
+            "--leader-elect".to_string(),
+            format!("--leader-election-namespace={}", ns.name),
+            format!("--leader-election-identity={name}"),
+        ];
+        let args: Vec<&str> = lease.iter().map(String::as_str).collect();
+        own_sync(env, &scratch, &format!("{name}.log"), &args)
+    };
+    let mut leader = replica("replica-a");
+    leader.start_ready().await;
+    wait_for_lines(&ns, "steady", &delegate, 100).await;
+    let mut standby = replica("replica-b");
+    standby.start_ready().await;
+    wait_for_lines(&ns, "steady", &delegate, 140).await;
+    // The leader stops (SIGTERM releases the Lease) mid-stream: the standby takes over.
     assert!(
-        second.process.stop(Duration::from_secs(10)),
+        leader.process.stop(Duration::from_secs(10)),
         "stopped on SIGTERM"
     );
-    let mut third = own_sync(env, &scratch, "delegate-sync-3.log", &[]);
-    third.start_ready().await;
     let (relayed, original) = logs_at_the_end(&ns, "steady", &delegate).await;
     assert_eq!(numbered(&original), expected_lines());
     assert_same("steady", &relayed, &original);

@@ -6,16 +6,13 @@
 
 mod pieces;
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use contract::{CONTAINER_RESTARTS, DELEGATE_NAME, RESULT, result::TERMINATION_MESSAGE_LIMIT};
 use e2e::{
     TestEnv, TestNamespace,
     nodes::{self, BUSYBOX_IMAGE},
-    support::{unique_name, wait_for},
+    support::wait_for,
 };
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -31,24 +28,7 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const LABEL: &str = "real-nodes";
 
 async fn opted_in_namespace(test: &str) -> (&'static TestEnv, TestNamespace, pieces::Running) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let env = TestEnv::get().await.unwrap();
-    env.require_real_nodes().unwrap();
-    let selector = unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            test,
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (LABEL.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
-    let running = pieces::start_with(env, LABEL, &selector, pieces::Proxies::OnRealNodes).await;
-    // The apiserver picks a new webhook configuration up within moments.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    (env, ns, running)
+    pieces::real_nodes_scene(test, LABEL, false).await
 }
 
 /// An elected pod pinned to cluster2 whose containers run `scripts` (name, shell script), on

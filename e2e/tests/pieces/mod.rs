@@ -37,6 +37,38 @@ pub enum Proxies {
     OnRealNodes,
 }
 
+/// A fresh namespace `test-…`, opted in to a webhook started here that puts proxies on the
+/// test bed's real nodes (registered for `<label>=<selector>`), with delegate-sync in this
+/// process too unless `own_sync` (the test runs it itself, as a process it can kill).
+pub async fn real_nodes_scene(
+    test: &str,
+    label: &str,
+    own_sync: bool,
+) -> (&'static TestEnv, e2e::TestNamespace, Running) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = TestEnv::get().await.unwrap();
+    env.require_real_nodes().unwrap();
+    let selector = e2e::support::unique_name("sel");
+    let ns = env
+        .namespace_with_labels(
+            test,
+            BTreeMap::from([
+                ("multicluster-scheduler".into(), "enabled".into()),
+                (label.into(), selector.clone()),
+            ]),
+        )
+        .await
+        .unwrap();
+    let running = if own_sync {
+        start_webhook(env, label, &selector, Proxies::OnRealNodes).await
+    } else {
+        start_with(env, label, &selector, Proxies::OnRealNodes).await
+    };
+    // The apiserver picks a new webhook configuration up within moments.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (env, ns, running)
+}
+
 /// Starts the webhook (registered for namespaces labelled `<label>=<selector>`) and
 /// delegate-sync (source cluster1; targets cluster1 and cluster2), in this process.
 pub async fn start(env: &TestEnv, label: &str, selector: &str) -> Running {

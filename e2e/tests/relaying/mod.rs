@@ -15,7 +15,7 @@ use contract::{CLUSTER_NAME, DELEGATE_NAME, ELECT};
 use e2e::{
     TestEnv, TestNamespace,
     nodes::{self, BUSYBOX_IMAGE},
-    support::{unique_name, wait_for},
+    support::wait_for,
 };
 use futures::AsyncReadExt as _;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -34,32 +34,12 @@ pub async fn scene(
     test: &str,
     own_sync: bool,
 ) -> (&'static TestEnv, TestNamespace, pieces::Running) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     // RUST_LOG=delegate_sync=debug shows what the relays do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let env = TestEnv::get().await.unwrap();
-    env.require_real_nodes().unwrap();
-    let selector = unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            test,
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (LABEL.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
-    let running = if own_sync {
-        pieces::start_webhook(env, LABEL, &selector, pieces::Proxies::OnRealNodes).await
-    } else {
-        pieces::start_with(env, LABEL, &selector, pieces::Proxies::OnRealNodes).await
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    (env, ns, running)
+    pieces::real_nodes_scene(test, LABEL, own_sync).await
 }
 
 /// delegate-sync as a process of its own (so that it can be killed), with the pieces' key.
@@ -190,9 +170,10 @@ pub async fn events(ns: &TestNamespace, proxy: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Numbered lines, 25 a second for about 12 s.
+/// Numbered lines ([`STEADY_LINES`]), 25 a second for about 16 s.
 pub const STEADY: &str =
-    "i=0; while [ $i -lt 300 ]; do echo \"line $i\"; i=$((i+1)); usleep 40000; done";
+    "i=0; while [ $i -lt 400 ]; do echo \"line $i\"; i=$((i+1)); usleep 40000; done";
+pub const STEADY_LINES: usize = 400;
 
 pub fn numbered(log: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(log)
@@ -202,5 +183,5 @@ pub fn numbered(log: &[u8]) -> Vec<String> {
 }
 
 pub fn expected_lines() -> Vec<String> {
-    (0..300).map(|i| format!("line {i}")).collect()
+    (0..STEADY_LINES).map(|i| format!("line {i}")).collect()
 }
