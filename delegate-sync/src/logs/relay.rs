@@ -267,7 +267,7 @@ enum Copied {
 }
 
 /// How often a follow looks whether its instance ended, while no line comes.
-const ENDED_CHECK: Duration = Duration::from_millis(200);
+const ENDED_CHECK: Duration = Duration::from_millis(50);
 
 /// Returns once the target's cache shows `instance` of the container ended.
 async fn instance_ended(job: &Job, instance: i32) {
