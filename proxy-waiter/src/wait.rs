@@ -84,9 +84,16 @@ impl<'a> Waiter<'a> {
     }
 
     fn run(&mut self) -> u8 {
+        // The projection is read when inotify says it may have changed, or every RESCAN:
+        // not on every wake-up, which a relay's traffic makes frequent.
+        let mut next_scan = Duration::ZERO;
         loop {
-            if let Some(code) = self.rescan_annotations() {
-                return code;
+            let now = sys::monotonic();
+            if now >= next_scan {
+                if let Some(code) = self.rescan_annotations() {
+                    return code;
+                }
+                next_scan = now + RESCAN;
             }
             // Fixed slots: signals, listener, relay (-1 when absent: poll skips it), inotify.
             let fds = [
@@ -95,7 +102,7 @@ impl<'a> Waiter<'a> {
                 self.relay.as_ref().map_or(-1, Relay::raw),
                 self.inotify.as_ref().map_or(-1, Fd::raw),
             ];
-            let ready = sys::poll_readable(&fds, RESCAN);
+            let ready = sys::poll_readable(&fds, next_scan.saturating_sub(now));
             if ready[0]
                 && let Some(code) = self.on_signals()
             {
@@ -109,9 +116,12 @@ impl<'a> Waiter<'a> {
             {
                 return code;
             }
-            if let Some(inotify) = &self.inotify {
+            if ready[3]
+                && let Some(inotify) = &self.inotify
+            {
                 // What matters is only that the projection may have changed: re-read it.
                 sys::drain(inotify);
+                next_scan = Duration::ZERO;
             }
         }
     }
