@@ -2,11 +2,7 @@
 //! and the proxy's uid, whatever the proxy's annotations say now) and mirrored onto the proxy:
 //! its annotations, an Argo step's task result, and its result once it ended.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use contract::{CONTAINER_RESTARTS, DELEGATE_NAME, SOURCEPOD_MANIFEST, TARGET_CLUSTER, is_own_key};
 use k8s_openapi::api::core::v1::Pod;
@@ -189,8 +185,10 @@ async fn mirror(
     if restarts != shown {
         publish_container_restarts(proxy, context, delegate, &shown).await;
     }
-    context.relays.follow(&proxy.pod, target, delegate);
     let ended = outcome::result_of(delegate);
+    context
+        .relays
+        .follow(&proxy.pod, target, delegate, ended.is_some());
     if let Some(step) = step {
         // Before the proxy's result: Argo must never see the step end without its outputs.
         mirror_task_result(&proxy.pod, delegate, step, ended.is_some(), target, context).await?;
@@ -236,19 +234,15 @@ async fn mirror(
 const LOG_RELAY_GRACE: Duration = Duration::from_secs(60);
 
 /// Holds the result until the delegate's logs are all in the proxy's containers (a proxy
-/// container that ended has its whole log); not past [`LOG_RELAY_GRACE`], which a Warning says.
+/// container that ended has its whole log); not past [`LOG_RELAY_GRACE`] after the delegate's
+/// last container ended (its own status says when, so a restart changes nothing), which a
+/// Warning says.
 async fn wait_for_logs(proxy: &Proxy, context: &Context, delegate: &Pod) -> Option<Action> {
     if context.relays.settled(&proxy.pod, delegate) {
         return None;
     }
-    let waited = {
-        let mut waits = context.relay_wait_started.lock().ok()?;
-        waits
-            .entry(proxy.reference.uid.clone())
-            .or_insert_with(Instant::now)
-            .elapsed()
-    };
-    if waited < LOG_RELAY_GRACE {
+    let ended = ended_at(delegate)?;
+    if seconds_since(&ended) < LOG_RELAY_GRACE.as_secs_f64() {
         // The relay's end wakes this proxy; the requeue is a safety net.
         return Some(Action::requeue(Duration::from_secs(5)));
     }

@@ -54,7 +54,7 @@ use crate::{
 };
 
 pub use lost::CLUSTER_LOST;
-pub use proxy::Proxy;
+pub use proxy::{Proxy, publish_with};
 
 /// Why a reconciliation failed (it is retried with a delay per kind).
 #[derive(Debug, thiserror::Error)]
@@ -118,9 +118,8 @@ pub struct Context {
     argo_completed_seen: Mutex<HashMap<String, Instant>>,
     /// The delegates' logs, relayed into their proxies.
     pub relays: crate::logs::Relays,
-    relay_outputs: Mutex<Option<crate::logs::Outputs>>,
-    /// When each proxy (by uid) first waited for its log relays to end.
-    relay_wait_started: Mutex<HashMap<String, Instant>>,
+    /// Proxies whose relay ended, for `run` to reconcile again (taken once).
+    relay_ended: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
 }
 
 impl Context {
@@ -133,14 +132,19 @@ impl Context {
         max_log_streams: Option<usize>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (relays, relay_outputs) =
-            crate::logs::Relays::new(source.clone(), max_log_streams, metrics.clone());
         let reporter = Reporter {
             controller: "delegate-sync".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let recorder = Recorder::new(source.clone(), reporter);
+        let (relays, relay_ended) = crate::logs::Relays::new(
+            source.clone(),
+            recorder.clone(),
+            max_log_streams,
+            metrics.clone(),
+        );
         Self {
-            recorder: Recorder::new(source.clone(), reporter),
+            recorder,
             cluster_name,
             source,
             targets,
@@ -150,16 +154,7 @@ impl Context {
             in_flight: Mutex::default(),
             argo_completed_seen: Mutex::default(),
             relays,
-            relay_outputs: Mutex::new(Some(relay_outputs)),
-            relay_wait_started: Mutex::default(),
-        }
-    }
-
-    /// The proxy's log relays are over (its result is written, or it is deleted).
-    fn forget_relays(&self, proxy_uid: &str) {
-        self.relays.forget(proxy_uid);
-        if let Ok(mut waits) = self.relay_wait_started.lock() {
-            waits.remove(proxy_uid);
+            relay_ended: Mutex::new(Some(relay_ended)),
         }
     }
 
@@ -211,16 +206,9 @@ pub async fn run(
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
     let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
-    let outputs = context.relay_outputs.lock().ok().and_then(|mut o| o.take());
-    let (relay_ended, notifying) = match outputs {
-        Some(outputs) => (
-            tokio_stream_of(outputs.wake),
-            Some(tokio::spawn(publish_notices(
-                context.clone(),
-                outputs.notices,
-            ))),
-        ),
-        None => (futures::stream::empty().boxed(), None),
+    let relay_ended = match context.relay_ended.lock().ok().and_then(|mut r| r.take()) {
+        Some(mut ended) => futures::stream::poll_fn(move |cx| ended.poll_recv(cx)).boxed(),
+        None => futures::stream::empty().boxed(),
     };
     controller
         .reconcile_on(futures::stream::select_all([
@@ -250,32 +238,6 @@ pub async fn run(
         })
         .await;
     sweeping.abort();
-    if let Some(notifying) = notifying {
-        notifying.abort();
-    }
-}
-
-fn tokio_stream_of(
-    mut receiver: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>,
-) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
-}
-
-/// Publishes the log relays' Events on their proxies.
-async fn publish_notices(
-    context: Arc<Context>,
-    mut notices: tokio::sync::mpsc::UnboundedReceiver<crate::logs::Notice>,
-) {
-    while let Some(notice) = notices.recv().await {
-        proxy::publish(
-            &context,
-            &notice.proxy,
-            notice.type_,
-            notice.reason,
-            notice.note,
-        )
-        .await;
-    }
 }
 
 /// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications
@@ -321,11 +283,11 @@ fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Actio
 pub async fn reconcile(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, Error> {
     let proxy = Proxy::new(pod, &context)?;
     if proxy.pod.metadata.deletion_timestamp.is_some() {
-        context.forget_relays(&proxy.reference.uid);
+        context.relays.forget(&proxy.reference.uid);
         return clean_up::run(&proxy, &context).await;
     }
     if proxy.pod.annotations().contains_key(RESULT) {
-        context.forget_relays(&proxy.reference.uid);
+        context.relays.forget(&proxy.reference.uid);
         return Ok(Action::await_change());
     }
     // An existing delegate is followed wherever it runs, whatever the proxy's annotations say

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
+    runtime::events::{Event, EventType, Recorder},
 };
 use serde_json::{Value, json};
 
@@ -110,6 +110,17 @@ pub async fn patch_annotations(
 }
 
 pub async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str, note: String) {
+    publish_with(&context.recorder, proxy, type_, reason, note).await;
+}
+
+/// [`publish`] with a recorder of its own (the log relays', which run beside reconciles).
+pub async fn publish_with(
+    recorder: &Recorder,
+    proxy: &Pod,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let namespace = proxy.namespace().unwrap_or_default();
     let name = proxy.name_any();
     // The log tells the same story as the Events, for operators who read logs.
@@ -124,7 +135,7 @@ pub async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &
         action: "Delegate".into(),
         secondary: None,
     };
-    let recorder = context.recorder.clone();
+    let recorder = recorder.clone();
     let reference = proxy.object_ref(&());
     let reason = reason.to_string();
     let publishing = async move {

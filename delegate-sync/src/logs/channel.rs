@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use contract::relay::{END, frame_header, parse_at};
+
+use super::position::Position;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
@@ -36,8 +38,9 @@ pub struct Channel {
     process: AttachedProcess,
     stdin: tokio::io::WriteHalf<tokio::io::SimplexStream>,
     stdout: BufReader<tokio::io::ReadHalf<tokio::io::SimplexStream>>,
-    /// The waiter's position, as last answered or sent.
-    pub position: String,
+    /// The waiter's position, as last answered or sent (None: nothing relayed yet, or a
+    /// position this version does not read).
+    pub position: Option<Position>,
 }
 
 impl Channel {
@@ -62,35 +65,35 @@ impl Channel {
             process,
             stdin,
             stdout: BufReader::new(stdout),
-            position: String::new(),
+            position: None,
         };
-        channel.position = channel.answer().await?;
+        channel.position = Position::parse(&channel.answer().await?);
         Ok(channel)
     }
 
     /// Sends one frame: `body` leaves the log at `position`.
-    pub async fn send(&mut self, body: &[u8], position: String) -> Result<(), Error> {
-        let header = frame_header(body.len(), &position);
+    pub async fn send(&mut self, body: &[u8], position: Position) -> Result<(), Error> {
+        let header = frame_header(body.len(), &position.to_string());
         self.write(header.as_bytes()).await?;
         self.write(body).await?;
-        self.position = position;
+        self.position = Some(position);
         Ok(())
     }
 
-    /// Ends the relay once the waiter wrote everything sent; returns its position, which must
-    /// be the last one sent.
-    pub async fn end(mut self) -> Result<String, Error> {
+    /// Ends the relay once the waiter wrote everything sent, which its answer, the last
+    /// position sent, confirms.
+    pub async fn end(mut self) -> Result<(), Error> {
         self.write(END).await?;
         let at = self.answer().await?;
-        if at != self.position {
+        if Position::parse(&at) != self.position {
             return Err(Error::Transient(format!(
-                "the waiter stands at {at}, not at {} (another relay took over?)",
-                self.position
+                "the waiter stands at {at}, not at {:?} (another relay took over?)",
+                self.position.map(|p| p.to_string())
             )));
         }
         // Everything is written: the relay process exits on its own once the waiter closed
         // the connection; its exit status adds nothing.
-        Ok(at)
+        Ok(())
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {

@@ -26,21 +26,16 @@ use contract::{LOG_RELAY, LOG_RELAY_LIMIT_BYTES};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt as _,
-    runtime::{events::EventType, reflector::ObjectRef},
+    runtime::{
+        events::{EventType, Recorder},
+        reflector::ObjectRef,
+    },
 };
 use tokio::sync::{Semaphore, mpsc};
 
 pub use relay::Outcome;
 
-use crate::{metrics::Metrics, outcome, targets::Target};
-
-/// An Event about a proxy, published by whoever owns the recorder.
-pub struct Notice {
-    pub proxy: Arc<Pod>,
-    pub type_: EventType,
-    pub reason: &'static str,
-    pub note: String,
-}
+use crate::{controller::publish_with, metrics::Metrics, outcome, targets::Target};
 
 /// The relays of all proxies.
 pub struct Relays {
@@ -53,8 +48,10 @@ pub struct Relays {
     /// Relays of ended containers at once.
     ended: Arc<Semaphore>,
     max_streams: usize,
+    /// Proxies to reconcile again: a relay ended, or a probe answered.
     wake: mpsc::UnboundedSender<ObjectRef<Pod>>,
-    notices: mpsc::UnboundedSender<Notice>,
+    /// The controller's, for the relays' Events on their proxies.
+    recorder: Recorder,
     metrics: Arc<Metrics>,
 }
 
@@ -143,22 +140,16 @@ impl Drop for Entry {
     }
 }
 
-/// What the controller reads from [`Relays::new`]: proxies to reconcile again (a relay ended)
-/// and Events to publish.
-pub struct Outputs {
-    pub wake: mpsc::UnboundedReceiver<ObjectRef<Pod>>,
-    pub notices: mpsc::UnboundedReceiver<Notice>,
-}
-
 impl Relays {
-    /// Relays with at most `max_streams` live at once; None: relay nothing.
+    /// Relays with at most `max_streams` live at once (None: relay nothing), and the proxies
+    /// to reconcile again as relays end.
     pub fn new(
         source: Client,
+        recorder: Recorder,
         max_streams: Option<usize>,
         metrics: Arc<Metrics>,
-    ) -> (Self, Outputs) {
+    ) -> (Self, mpsc::UnboundedReceiver<ObjectRef<Pod>>) {
         let (wake, wake_rx) = mpsc::unbounded_channel();
-        let (notices, notices_rx) = mpsc::unbounded_channel();
         let enabled = max_streams.is_some();
         let max_streams = max_streams.unwrap_or(0);
         let relays = Self {
@@ -169,16 +160,10 @@ impl Relays {
             ended: Arc::new(Semaphore::new(max_streams.max(1))),
             max_streams,
             wake,
-            notices,
+            recorder,
             metrics,
         };
-        (
-            relays,
-            Outputs {
-                wake: wake_rx,
-                notices: notices_rx,
-            },
-        )
+        (relays, wake_rx)
     }
 
     fn wanted(&self, proxy: &Pod) -> bool {
@@ -186,8 +171,9 @@ impl Relays {
     }
 
     /// Starts a relay for each container of `delegate` that has started and whose proxy
-    /// container runs, unless the proxy turned relay off.
-    pub fn follow(&self, proxy: &Arc<Pod>, target: &Target, delegate: &Pod) {
+    /// container runs, unless the proxy turned relay off; `delegate_ended`: its result is
+    /// decided (the caller has it at hand).
+    pub fn follow(&self, proxy: &Arc<Pod>, target: &Target, delegate: &Pod, delegate_ended: bool) {
         if !self.wanted(proxy) {
             return;
         }
@@ -201,7 +187,6 @@ impl Relays {
             .annotations()
             .get(LOG_RELAY_LIMIT_BYTES)
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let delegate_ended = outcome::result_of(delegate).is_some();
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -246,6 +231,7 @@ impl Relays {
                 namespace: delegate.namespace().unwrap_or_default(),
                 delegate: delegate.name_any(),
                 delegate_uid: delegate_uid.to_string(),
+                uid8: delegate_uid.chars().take(8).collect(),
                 container,
                 limit,
                 relayed: self.metrics.log_relayed_bytes.clone(),
@@ -291,7 +277,7 @@ impl Relays {
         entries
             .iter()
             .filter(|(k, _)| k.proxy == proxy_uid && k.delegate == delegate_uid)
-            .all(|(_, e)| e.state.lock().map(|s| !s.holds_result()).unwrap_or(true))
+            .all(|(_, e)| !e.state().holds_result())
     }
 
     /// Stops and forgets the relays of a proxy (its result is written, or it is deleted).
@@ -313,23 +299,26 @@ impl Relays {
         let ended = self.ended.clone();
         let max_streams = self.max_streams;
         let wake = self.wake.clone();
-        let notices = self.notices.clone();
+        let recorder = self.recorder.clone();
         let streams = self.metrics.log_streams.clone();
         async move {
             let permit = match live.clone().try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(_) => {
                     if !delegate_ended {
-                        let _ = notices.send(Notice {
-                            proxy: proxy.clone(),
-                            type_: EventType::Normal,
-                            reason: "LogRelayDeferred",
-                            note: format!(
-                                "{max_streams} delegate logs are relayed live already (--max-log-streams): the log of container {} comes once it ended",
-                                job.container
-                            ),
-                        });
-                        wait_until_ended(&job).await;
+                        let note = format!(
+                            "{max_streams} delegate logs are relayed live already (--max-log-streams): the log of container {} comes once it ended",
+                            job.container
+                        );
+                        publish_with(
+                            &recorder,
+                            &proxy,
+                            EventType::Normal,
+                            "LogRelayDeferred",
+                            note,
+                        )
+                        .await;
+                        job.until_pod_ended().await;
                     }
                     match ended.acquire_owned().await {
                         Ok(permit) => permit,
@@ -362,29 +351,12 @@ impl Relays {
                 )),
             };
             if let Some((type_, reason, note)) = notice {
-                let _ = notices.send(Notice {
-                    proxy: proxy.clone(),
-                    type_,
-                    reason,
-                    note,
-                });
+                publish_with(&recorder, &proxy, type_, reason, note).await;
             }
             if let Ok(mut state) = state.lock() {
                 *state = State::Done(outcome);
             }
             let _ = wake.send(ObjectRef::from_obj(&*proxy));
-        }
-    }
-}
-
-/// Polls the target's cache until the container will not run again.
-async fn wait_until_ended(job: &relay::Job) {
-    loop {
-        match job.target.delegate(&job.namespace, &job.delegate) {
-            Some(delegate) if outcome::result_of(&delegate).is_none() => {
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-            _ => return,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Job {
     pub namespace: String,
     pub delegate: String,
     pub delegate_uid: String,
+    /// What positions call the delegate (its uid's first 8 characters): a replacement's log
+    /// starts from its beginning.
+    pub uid8: String,
     pub container: String,
     pub limit: Option<u64>,
     /// Counts bytes relayed.
@@ -75,15 +78,44 @@ impl Job {
         Api::namespaced(self.target.client.clone(), &self.namespace)
     }
 
-    fn uid8(&self) -> String {
-        self.delegate_uid.chars().take(8).collect()
-    }
-
     /// The delegate as the target's cache has it now; None once it is gone.
     fn delegate_now(&self) -> Option<std::sync::Arc<Pod>> {
         self.target
             .delegate(&self.namespace, &self.delegate)
             .filter(|d| d.metadata.uid.as_deref() == Some(&self.delegate_uid))
+    }
+
+    /// Polls the target's cache until the delegate will not run again (or is gone).
+    pub async fn until_pod_ended(&self) {
+        while self
+            .delegate_now()
+            .is_some_and(|d| outcome::result_of(&d).is_none())
+        {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Whether `instance` of the container is over: ended, restarted since, or its delegate
+    /// gone (read from the cache without copying the status).
+    fn instance_over(&self, instance: i32) -> bool {
+        let Some(delegate) = self.delegate_now() else {
+            return true;
+        };
+        outcome::statuses(&delegate)
+            .find(|s| s.name == self.container)
+            .is_none_or(|s| {
+                s.restart_count > instance
+                    || s.state.as_ref().is_some_and(|st| st.terminated.is_some())
+            })
+    }
+
+    /// The waiter's position if it is in `instance` of this delegate's container.
+    fn in_instance<'a>(
+        &self,
+        position: Option<&'a Position>,
+        instance: i32,
+    ) -> Option<&'a Position> {
+        position.filter(|p| p.delegate == self.uid8 && p.instance == instance)
     }
 
     fn status_now(&self) -> Option<ContainerStatus> {
@@ -134,72 +166,12 @@ async fn pass(job: &Job, refusals: &mut usize) -> Pass {
         }
         Err(channel::Error::Transient(why)) => return Pass::Again(why),
     };
-    tracing::debug!(proxy = %job.proxy, container = %job.container, at = %channel.position, "log relay connected to the proxy container");
-    let position = Position::parse(&channel.position);
-    let uid8 = job.uid8();
+    tracing::debug!(proxy = %job.proxy, container = %job.container, at = ?channel.position, "log relay connected to the proxy container");
     let instance = status.restart_count;
-    let ours = position.as_ref().filter(|p| p.delegate == uid8);
-    let mut total = position.as_ref().map_or(0, |p| p.total);
-    // The rest of the instance the waiter stopped in, if it ended since.
-    if let Some(p) = ours.filter(|p| p.instance + 1 == instance) {
-        let resume = Resume::after(p);
-        match copy(
-            job,
-            &mut channel,
-            p.instance,
-            Read::Previous,
-            resume,
-            &mut total,
-            refusals,
-        )
-        .await
-        {
-            Ok(Copied::Done(done)) => return finish(channel, done).await,
-            Ok(_) => {}
-            Err(why) => return Pass::Again(why),
-        }
-    }
-    let resume = match ours.filter(|p| p.instance == instance) {
-        Some(p) => Resume::after(p),
-        None => Resume::from_start(),
-    };
-    match copy(
-        job,
-        &mut channel,
-        instance,
-        Read::Follow,
-        resume,
-        &mut total,
-        refusals,
-    )
-    .await
-    {
-        Ok(Copied::Done(done)) => return finish(channel, done).await,
-        Ok(Copied::ToTheEnd) => {}
-        Ok(Copied::InstanceEnded) => {
-            tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: the container ended; reading the rest");
-            // What the follow had not read yet, at once: the kubelet ends a follow only at its
-            // next check of the container (every 5 s), and the result waits for the relay.
-            let resume = match Position::parse(&channel.position) {
-                Some(p) if p.delegate == uid8 && p.instance == instance => Resume::after(&p),
-                _ => Resume::from_start(),
-            };
-            match copy(
-                job,
-                &mut channel,
-                instance,
-                Read::Rest,
-                resume,
-                &mut total,
-                refusals,
-            )
-            .await
-            {
-                Ok(Copied::Done(done)) => return finish(channel, done).await,
-                Ok(_) => {}
-                Err(why) => return Pass::Again(why),
-            }
-        }
+    let mut total = channel.position.as_ref().map_or(0, |p| p.total);
+    match copy_instance(job, &mut channel, instance, &mut total, refusals).await {
+        Ok(Some(done)) => return finish(channel, done).await,
+        Ok(None) => {}
         Err(why) => return Pass::Again(why),
     }
     // The instance's log ended: is that the end of the container?
@@ -214,6 +186,68 @@ async fn pass(job: &Job, refusals: &mut usize) -> Pass {
             Pass::Again("the log stream ended while the container may run again".into())
         }
     }
+}
+
+/// Copies `instance` to the end of what is written: first what is left of the previous
+/// instance if the waiter stopped in it, then this one, followed, and once it ended, the
+/// rest at once (the kubelet ends a follow only at its next check of the container, every
+/// 5 s, and the result waits for the relay). Some(outcome) when the relay ends here.
+async fn copy_instance(
+    job: &Job,
+    channel: &mut Channel,
+    instance: i32,
+    total: &mut u64,
+    refusals: &mut usize,
+) -> Result<Option<Outcome>, String> {
+    let resume_in = |channel: &Channel, instance| {
+        job.in_instance(channel.position.as_ref(), instance)
+            .map_or_else(Resume::from_start, Resume::after)
+    };
+    if instance > 0
+        && job
+            .in_instance(channel.position.as_ref(), instance - 1)
+            .is_some()
+    {
+        let resume = resume_in(channel, instance - 1);
+        if let Copied::Done(done) = copy(
+            job,
+            channel,
+            instance - 1,
+            Read::Previous,
+            resume,
+            total,
+            refusals,
+        )
+        .await?
+        {
+            return Ok(Some(done));
+        }
+    }
+    let resume = resume_in(channel, instance);
+    match copy(
+        job,
+        channel,
+        instance,
+        Read::Follow,
+        resume,
+        total,
+        refusals,
+    )
+    .await?
+    {
+        Copied::Done(done) => return Ok(Some(done)),
+        Copied::ToTheEnd => {}
+        Copied::InstanceEnded => {
+            tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: the container ended; reading the rest");
+            let resume = resume_in(channel, instance);
+            if let Copied::Done(done) =
+                copy(job, channel, instance, Read::Rest, resume, total, refusals).await?
+            {
+                return Ok(Some(done));
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn finish(channel: Channel, outcome: Outcome) -> Pass {
@@ -269,16 +303,14 @@ enum Copied {
 /// How often a follow looks whether its instance ended, while no line comes.
 const ENDED_CHECK: Duration = Duration::from_millis(50);
 
-/// Returns once the target's cache shows `instance` of the container ended.
+/// Returns once the target's cache shows `instance` of the container over, looking only
+/// while no line comes (a busy log is not a finished one).
 async fn instance_ended(job: &Job, instance: i32) {
     loop {
-        let ended = job.status_now().is_none_or(|s| {
-            s.restart_count > instance || s.state.as_ref().is_some_and(|st| st.terminated.is_some())
-        });
-        if ended {
+        tokio::time::sleep(ENDED_CHECK).await;
+        if job.instance_over(instance) {
             return;
         }
-        tokio::time::sleep(ENDED_CHECK).await;
     }
 }
 
@@ -292,7 +324,9 @@ async fn copy(
     total: &mut u64,
     refusals: &mut usize,
 ) -> Result<Copied, String> {
-    let since = channel_since(channel, job, instance);
+    let since = job
+        .in_instance(channel.position.as_ref(), instance)
+        .and_then(|p| p.stamp.second());
     let params = LogParams {
         container: Some(job.container.clone()),
         follow: read == Read::Follow,
@@ -330,7 +364,7 @@ async fn copy(
                 return Err(format!("unexpected log line {line:?}"));
             }
             Err(e) => {
-                flush(job, channel, &mut frame, &mut last).await?;
+                flush(job, channel, instance, *total, &mut frame, &mut last).await?;
                 return Err(e.to_string());
             }
         };
@@ -346,49 +380,52 @@ async fn copy(
         if !new.is_empty() {
             *total += new.len() as u64;
             frame.extend_from_slice(new);
-            last = Some(Position {
-                delegate: job.uid8(),
-                instance,
+            last = Some(Ending {
                 stamp: piece.stamp,
                 line: piece.line,
                 offset: piece.offset + (piece.bytes.len() as u64),
-                total: *total,
             });
         }
         if job.limit.is_some_and(|limit| *total >= limit) {
-            flush(job, channel, &mut frame, &mut last).await?;
+            flush(job, channel, instance, *total, &mut frame, &mut last).await?;
             return Ok(Copied::Done(Outcome::LimitReached(*total)));
         }
         if frame.len() + lines::MAX_PIECE > FRAME || !lines.more_within(GATHER).await {
-            flush(job, channel, &mut frame, &mut last).await?;
+            flush(job, channel, instance, *total, &mut frame, &mut last).await?;
         }
     }
-    flush(job, channel, &mut frame, &mut last).await?;
+    flush(job, channel, instance, *total, &mut frame, &mut last).await?;
     Ok(Copied::ToTheEnd)
 }
 
-/// `sinceTime` for a re-read: the second of the waiter's position in this instance.
-fn channel_since(
-    channel: &Channel,
-    job: &Job,
-    instance: i32,
-) -> Option<k8s_openapi::jiff::Timestamp> {
-    Position::parse(&channel.position)
-        .filter(|p| p.delegate == job.uid8() && p.instance == instance)
-        .and_then(|p| p.stamp.second())
+/// Where the frame being gathered leaves the log (its position is made only when sent).
+struct Ending {
+    stamp: super::position::Stamp,
+    line: u32,
+    offset: u64,
 }
 
 async fn flush(
     job: &Job,
     channel: &mut Channel,
+    instance: i32,
+    total: u64,
     frame: &mut Vec<u8>,
-    last: &mut Option<Position>,
+    last: &mut Option<Ending>,
 ) -> Result<(), String> {
-    let Some(position) = last.take() else {
+    let Some(ending) = last.take() else {
         return Ok(());
     };
+    let position = Position {
+        delegate: job.uid8.clone(),
+        instance,
+        stamp: ending.stamp,
+        line: ending.line,
+        offset: ending.offset,
+        total,
+    };
     channel
-        .send(frame, position.to_string())
+        .send(frame, position)
         .await
         .map_err(|e| e.to_string())?;
     job.relayed.inc_by(frame.len() as u64);
