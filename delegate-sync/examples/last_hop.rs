@@ -19,14 +19,12 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use contract::{RESULT, manifest::ManifestKey};
-use e2e::testbed::Testbed;
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -39,35 +37,22 @@ const KEY: &[u8] = b"last-hop-benchmark-key-0123456789abcdefgh";
 const SLEEP_SECONDS: &str = "3";
 
 struct Args {
-    testbed_dir: PathBuf,
-    delegate_sync: PathBuf,
+    paths: common::Paths,
     pods: usize,
     round: usize,
-    out: PathBuf,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let target = e2e::testbed::workspace_target_dir();
-    let mut args = Args {
-        testbed_dir: target.join("bench-testbed"),
-        delegate_sync: target.join("release/delegate-sync"),
-        pods: 100,
-        round: 20,
-        out: target.join("bench/last-hop.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--testbed-dir" => args.testbed_dir = value.into(),
-            "--delegate-sync" => args.delegate_sync = value.into(),
-            "--out" => args.out = value.into(),
-            "--pods" => args.pods = value.parse().context("--pods: a number")?,
-            "--round" => args.round = value.parse().context("--round: a number")?,
-            _ => bail!("unknown flag {flag}"),
+    let (mut pods, mut round) = (100, 20);
+    let paths = common::parse_args("last-hop", |flag, value| {
+        match flag {
+            "--pods" => pods = value.parse().context("--pods: a number")?,
+            "--round" => round = value.parse().context("--round: a number")?,
+            _ => return Ok(false),
         }
-    }
-    Ok(args)
+        Ok(true)
+    })?;
+    Ok(Args { paths, pods, round })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -260,26 +245,13 @@ fn latencies(seen: &Seen, names: &[String], to: &HashMap<String, Instant>) -> Ve
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = args()?;
-    let testbed = Testbed::attach(&args.testbed_dir)?;
-    for cluster in ["cluster1", "cluster2"] {
-        if testbed.cluster(cluster)?.real_nodes.is_empty() {
-            bail!("{cluster} has no real node: the last hop is measured on real kubelets");
-        }
-    }
-    let source = testbed.client("cluster1").await?;
-    let target = testbed.client("cluster2").await?;
-    let work = common::work_dir("last-hop-work")?;
-    let running = common::start_delegate_sync(
-        &args.delegate_sync,
-        &testbed.kubeconfig_path(),
-        &["cluster2"],
-        KEY,
-        &work,
-    )
-    .await?;
-    let key = ManifestKey::from_bytes(KEY)?;
-    let namespace = format!("last-hop-{}", std::process::id());
-    common::create_namespace(&[source.clone(), target.clone()], &namespace).await?;
+    let common::RealNodeBench {
+        source,
+        target,
+        running,
+        key,
+        namespace,
+    } = common::real_node_bench(&args.paths, "last-hop", KEY).await?;
     let seen = Shared::default();
     let exec_names = Arc::new(Mutex::new(HashSet::new()));
     let watches = [
@@ -349,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
         "exec deliveries not accepted (the downward API was first): {}; delegate-sync peak RSS {rss_kib} KiB, CPU {cpu:.1} s",
         seen.exec_failures
     );
-    report(&args.out, Value::Object(raw), seen.exec_failures)
+    report(&args.paths.out, Value::Object(raw), seen.exec_failures)
 }
 
 /// Rows for `summary.py`: each way's figures, the exec path against the downward API.

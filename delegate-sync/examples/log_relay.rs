@@ -19,11 +19,10 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail, ensure};
 use contract::manifest::ManifestKey;
-use e2e::testbed::Testbed;
 use futures::{AsyncReadExt as _, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
@@ -39,35 +38,26 @@ const STEADY: &str =
 const LINE: &str = "0123456789012345678901234567890123456789012345678901234567890123456789";
 
 struct Args {
-    testbed_dir: PathBuf,
-    delegate_sync: PathBuf,
+    paths: common::Paths,
     pods: usize,
     streams: usize,
-    out: PathBuf,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let target = e2e::testbed::workspace_target_dir();
-    let mut args = Args {
-        testbed_dir: target.join("bench-testbed"),
-        delegate_sync: target.join("release/delegate-sync"),
-        pods: 20,
-        streams: 50,
-        out: target.join("bench/log-relay.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--testbed-dir" => args.testbed_dir = value.into(),
-            "--delegate-sync" => args.delegate_sync = value.into(),
-            "--out" => args.out = value.into(),
-            "--pods" => args.pods = value.parse().context("--pods: a number")?,
-            "--streams" => args.streams = value.parse().context("--streams: a number")?,
-            _ => bail!("unknown flag {flag}"),
+    let (mut pods, mut streams) = (20, 50);
+    let paths = common::parse_args("log-relay", |flag, value| {
+        match flag {
+            "--pods" => pods = value.parse().context("--pods: a number")?,
+            "--streams" => streams = value.parse().context("--streams: a number")?,
+            _ => return Ok(false),
         }
-    }
-    Ok(args)
+        Ok(true)
+    })?;
+    Ok(Args {
+        paths,
+        pods,
+        streams,
+    })
 }
 
 /// A log read with timestamps: each line's stamp and its bytes (newline included).
@@ -95,26 +85,24 @@ async fn log(pods: &Api<Pod>, name: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// A proxy's and its delegate's logs, once the proxy ended.
+/// A proxy's and its delegate's logs, once the proxy ended: each line's stamp and length.
 struct Logs {
-    proxy: Vec<u8>,
-    delegate: Vec<u8>,
+    proxy: Vec<(Timestamp, usize)>,
+    delegate: Vec<(Timestamp, usize)>,
 }
 
 impl Logs {
-    /// Checks the relayed bytes are the delegate's.
-    fn check(&self, name: &str) -> anyhow::Result<()> {
-        let bytes = |log: &[u8]| -> anyhow::Result<Vec<u8>> {
-            Ok(stamped(log)?
-                .into_iter()
-                .flat_map(|(_, b)| b.to_vec())
-                .collect())
+    /// Parses both logs once, and checks the relayed bytes are the delegate's.
+    fn new(name: &str, proxy: &[u8], delegate: &[u8]) -> anyhow::Result<Self> {
+        let (relayed_lines, written_lines) = (stamped(proxy)?, stamped(delegate)?);
+        let bytes = |lines: &[(Timestamp, &[u8])]| -> Vec<u8> {
+            lines.iter().flat_map(|(_, b)| b.iter().copied()).collect()
         };
-        let (relayed, written) = (bytes(&self.proxy)?, bytes(&self.delegate)?);
+        let (relayed, written) = (bytes(&relayed_lines), bytes(&written_lines));
         if relayed != written {
             let dir = common::work_dir(&format!("log-relay-mismatch-{name}"))?;
-            std::fs::write(dir.join("proxy.log"), &self.proxy)?;
-            std::fs::write(dir.join("delegate.log"), &self.delegate)?;
+            std::fs::write(dir.join("proxy.log"), proxy)?;
+            std::fs::write(dir.join("delegate.log"), delegate)?;
             bail!(
                 "{name}: the proxy's log ({} bytes) is not its delegate's ({} bytes), first difference at byte {:?}; both in {}",
                 relayed.len(),
@@ -123,7 +111,13 @@ impl Logs {
                 dir.display()
             );
         }
-        Ok(())
+        let lengths = |lines: Vec<(Timestamp, &[u8])>| {
+            lines.into_iter().map(|(at, b)| (at, b.len())).collect()
+        };
+        Ok(Self {
+            proxy: lengths(relayed_lines),
+            delegate: lengths(written_lines),
+        })
     }
 }
 
@@ -178,44 +172,8 @@ async fn run(
             .and_then(|a| a.get(contract::DELEGATE_NAME))
             .context("no delegate name")?
             .clone();
-        if std::env::var_os("LOG_RELAY_TRACE").is_some() {
-            let started = |p: &Pod| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|c| {
-                        c.first()?
-                            .state
-                            .as_ref()?
-                            .terminated
-                            .as_ref()?
-                            .started_at
-                            .clone()
-                    })
-                    .map(|t| t.0.to_string())
-            };
-            let d = delegates.get(&delegate).await?;
-            println!(
-                "{name}: proxy created {:?} started {:?}; delegate created {:?} started {:?}",
-                proxy
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string()),
-                started(&proxy),
-                d.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string()),
-                started(&d)
-            );
-        }
-        let pair = Logs {
-            proxy: log(proxies, name).await?,
-            delegate: log(delegates, &delegate).await?,
-        };
-        pair.check(name)?;
-        logs.push(pair);
+        let (relayed, written) = (log(proxies, name).await?, log(delegates, &delegate).await?);
+        logs.push(Logs::new(name, &relayed, &written)?);
     }
     proxies
         .delete_collection(&DeleteParams::default(), &ListParams::default())
@@ -234,27 +192,17 @@ async fn run(
 fn latencies(logs: &[Logs]) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let (mut all, mut steady) = (Vec::new(), Vec::new());
     for pair in logs {
-        let written = stamped(&pair.delegate)?;
-        let relayed = stamped(&pair.proxy)?;
+        let (written, relayed) = (&pair.delegate, &pair.proxy);
         let Some((under_way, _)) = relayed.first() else {
             continue;
         };
         let under_way =
             under_way.saturating_add(k8s_openapi::jiff::SignedDuration::from_secs(1))?;
-        for ((at, _), (shown, _)) in written.iter().zip(&relayed) {
+        for ((at, _), (shown, _)) in written.iter().zip(relayed) {
             let ms = shown.duration_since(*at).as_secs_f64() * 1000.0;
             all.push(ms);
             if *at >= under_way {
                 steady.push(ms);
-            }
-        }
-        if std::env::var_os("LOG_RELAY_TRACE").is_some() {
-            for ((at, line), (shown, _)) in written.iter().zip(&relayed) {
-                println!(
-                    "{at} -> {shown}: {:.0} ms {}",
-                    shown.duration_since(*at).as_secs_f64() * 1000.0,
-                    String::from_utf8_lossy(line).trim_end()
-                );
             }
         }
     }
@@ -272,9 +220,8 @@ fn throughput(logs: &[Logs]) -> anyhow::Result<(f64, f64, usize)> {
         Option<Timestamp>,
     ) = (None, None, None);
     for pair in logs {
-        let written = stamped(&pair.delegate)?;
-        let relayed = stamped(&pair.proxy)?;
-        bytes += relayed.iter().map(|(_, b)| b.len()).sum::<usize>();
+        let (written, relayed) = (&pair.delegate, &pair.proxy);
+        bytes += relayed.iter().map(|(_, length)| length).sum::<usize>();
         if let Some((at, _)) = written.first() {
             written_first = Some(written_first.map_or(*at, |f| f.min(*at)));
         }
@@ -300,26 +247,13 @@ fn throughput(logs: &[Logs]) -> anyhow::Result<(f64, f64, usize)> {
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = args()?;
-    let testbed = Testbed::attach(&args.testbed_dir)?;
-    for cluster in ["cluster1", "cluster2"] {
-        if testbed.cluster(cluster)?.real_nodes.is_empty() {
-            bail!("{cluster} has no real node: logs are relayed between real kubelets");
-        }
-    }
-    let source = testbed.client("cluster1").await?;
-    let target = testbed.client("cluster2").await?;
-    let work = common::work_dir("log-relay-work")?;
-    let running = common::start_delegate_sync(
-        &args.delegate_sync,
-        &testbed.kubeconfig_path(),
-        &["cluster2"],
-        KEY,
-        &work,
-    )
-    .await?;
-    let key = ManifestKey::from_bytes(KEY)?;
-    let namespace = format!("log-relay-{}", std::process::id());
-    common::create_namespace(&[source.clone(), target.clone()], &namespace).await?;
+    let common::RealNodeBench {
+        source,
+        target,
+        running,
+        key,
+        namespace,
+    } = common::real_node_bench(&args.paths, "log-relay", KEY).await?;
     let proxies: Api<Pod> = Api::namespaced(source.clone(), &namespace);
     let delegates: Api<Pod> = Api::namespaced(target.clone(), &namespace);
     let names = |prefix: &str, n: usize| -> Vec<String> {
@@ -388,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
         "delegate_sync": { "cpu_seconds_throughput": cpu, "peak_rss_kib": rss_kib,
                            "megabytes_relayed": (one_bytes + many_bytes) as f64 / 1e6 },
     });
-    report(&args.out, raw)
+    report(&args.paths.out, raw)
 }
 
 fn report(out: &std::path::Path, raw: Value) -> anyhow::Result<()> {

@@ -18,7 +18,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -38,37 +37,24 @@ const CREATE_CONCURRENCY: usize = 50;
 const TARGETS: [&str; 2] = ["cluster2", "cluster3"];
 
 struct Args {
-    testbed_dir: PathBuf,
-    delegate_sync: PathBuf,
+    paths: common::Paths,
     counts: Vec<usize>,
-    out: PathBuf,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        testbed_dir: e2e::testbed::workspace_target_dir().join("bench-testbed"),
-        delegate_sync: e2e::testbed::workspace_target_dir().join("release/delegate-sync"),
-        counts: vec![1, 100, 1000],
-        out: e2e::testbed::workspace_target_dir().join("bench/propagation.json"),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--testbed-dir" => args.testbed_dir = value.into(),
-            "--delegate-sync" => args.delegate_sync = value.into(),
-            "--out" => args.out = value.into(),
-            "--counts" => {
-                args.counts = value
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()
-                    .context("--counts: comma-separated numbers")?;
-            }
-            _ => bail!("unknown flag {flag}"),
+    let mut counts = vec![1, 100, 1000];
+    let paths = common::parse_args("propagation", |flag, value| {
+        if flag != "--counts" {
+            return Ok(false);
         }
-    }
-    Ok(args)
+        counts = value
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("--counts: comma-separated numbers")?;
+        Ok(true)
+    })?;
+    Ok(Args { paths, counts })
 }
 
 /// Times seen by our watches.
@@ -170,7 +156,7 @@ async fn floor(client: &Client, namespace: &str, count: usize) -> anyhow::Result
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = args()?;
-    let testbed = Testbed::attach(&args.testbed_dir)?;
+    let testbed = Testbed::attach(&args.paths.testbed_dir)?;
     let kubeconfig = testbed.kubeconfig_path();
     let source = testbed.client("cluster1").await?;
     let mut targets = Vec::new();
@@ -183,7 +169,8 @@ async fn main() -> anyhow::Result<()> {
 
     let work = common::work_dir("propagation-work")?;
     let running =
-        common::start_delegate_sync(&args.delegate_sync, &kubeconfig, &TARGETS, KEY, &work).await?;
+        common::start_delegate_sync(&args.paths.delegate_sync, &kubeconfig, &TARGETS, KEY, &work)
+            .await?;
 
     let key = ManifestKey::from_bytes(KEY)?;
     let mut results = Vec::new();
@@ -273,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         "delegate-sync log: {}",
         work.join("delegate-sync.log").display()
     );
-    write_report(&args.out, &results)
+    write_report(&args.paths.out, &results)
 }
 
 fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> {

@@ -258,3 +258,81 @@ pub async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<
     }
     Ok(())
 }
+
+/// Where a benchmark finds the test bed and delegate-sync, and writes its report.
+pub struct Paths {
+    pub testbed_dir: PathBuf,
+    pub delegate_sync: PathBuf,
+    pub out: PathBuf,
+}
+
+/// The flags every benchmark takes (`--testbed-dir`, `--delegate-sync`, `--out`, defaults for
+/// `make bench`, the report `target/bench/<report>.json`); `own` takes the benchmark's own
+/// flags and says whether it knew the flag.
+pub fn parse_args(
+    report: &str,
+    mut own: impl FnMut(&str, &str) -> anyhow::Result<bool>,
+) -> anyhow::Result<Paths> {
+    let target = e2e::testbed::workspace_target_dir();
+    let mut paths = Paths {
+        testbed_dir: target.join("bench-testbed"),
+        delegate_sync: target.join("release/delegate-sync"),
+        out: target.join(format!("bench/{report}.json")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--testbed-dir" => paths.testbed_dir = value.into(),
+            "--delegate-sync" => paths.delegate_sync = value.into(),
+            "--out" => paths.out = value.into(),
+            _ if own(&flag, &value)? => {}
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(paths)
+}
+
+/// A benchmark between the test bed's real nodes: clients of cluster1 (proxies) and cluster2
+/// (delegates), delegate-sync running with cluster2 as its target, and a fresh namespace in both.
+pub struct RealNodeBench {
+    pub source: Client,
+    pub target: Client,
+    pub running: Running,
+    pub key: ManifestKey,
+    pub namespace: String,
+}
+
+/// Sets up [`RealNodeBench`] for the benchmark `name` (also its work directory and namespace).
+pub async fn real_node_bench(
+    paths: &Paths,
+    name: &str,
+    key: &[u8],
+) -> anyhow::Result<RealNodeBench> {
+    let testbed = e2e::testbed::Testbed::attach(&paths.testbed_dir)?;
+    for cluster in ["cluster1", "cluster2"] {
+        if testbed.cluster(cluster)?.real_nodes.is_empty() {
+            bail!("{cluster} has no real node: {name} is measured between real kubelets");
+        }
+    }
+    let source = testbed.client("cluster1").await?;
+    let target = testbed.client("cluster2").await?;
+    let work = work_dir(&format!("{name}-work"))?;
+    let running = start_delegate_sync(
+        &paths.delegate_sync,
+        &testbed.kubeconfig_path(),
+        &["cluster2"],
+        key,
+        &work,
+    )
+    .await?;
+    let namespace = format!("{name}-{}", std::process::id());
+    create_namespace(&[source.clone(), target.clone()], &namespace).await?;
+    Ok(RealNodeBench {
+        source,
+        target,
+        running,
+        key: ManifestKey::from_bytes(key)?,
+        namespace,
+    })
+}
