@@ -4,12 +4,14 @@
 //! - [`placement`]: which cluster fits the most replicas of a pod, counting delegates in flight.
 //! - [`delegate`]: the delegate pod from a verified saved manifest.
 //! - [`outcome`]: the result a terminal delegate gives its proxy.
-//! - [`controller`]: the reconciliation of proxies; [`targets`]: clients and caches per cluster.
+//! - [`controller`]: the reconciliation of proxies; [`targets`]: clients and caches per cluster;
+//!   [`credentials`]: target credentials reloaded and renewed while running.
 //! - [`logs`]: the delegates' logs, relayed into their proxies' containers.
 //! - [`quantity`]: Kubernetes quantities as exact integers.
 
 pub mod args;
 pub mod controller;
+pub mod credentials;
 pub mod delegate;
 pub mod leader;
 pub mod logs;
@@ -62,9 +64,17 @@ pub async fn run(
     let mut started = Vec::new();
     let mut wakeups = Vec::new();
     let signals = targets::Signals::default();
+    let notice = credentials::Notice::from_env(&source);
     for spec in &targets {
-        let (target, events) =
-            targets::Target::start(spec, &source, &cluster_name, &signals).await?;
+        let (target, events) = targets::Target::start(
+            spec,
+            &source,
+            &cluster_name,
+            &signals,
+            &metrics,
+            notice.clone(),
+        )
+        .await;
         started.push(target);
         wakeups.push(events);
     }

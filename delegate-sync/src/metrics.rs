@@ -25,6 +25,14 @@ pub struct Metrics {
     pub target_reachable: Family<ClusterLabel, Gauge>,
     pub orphans_deleted: Family<ClusterLabel, Counter>,
     pub restarts: Family<ClusterLabel, Counter>,
+    /// Target kubeconfig files loaded again after a change.
+    pub credential_reloads: Family<ClusterLabel, Counter>,
+    /// Target kubeconfig files that did not load, and token requests that failed.
+    pub credential_errors: Family<ClusterLabel, Counter>,
+    /// Short-lived tokens issued to delegate-sync.
+    pub token_renewals: Family<ClusterLabel, Counter>,
+    /// When the token in use expires (Unix seconds), in token-request mode.
+    pub token_expiry: Family<ClusterLabel, Gauge>,
     /// Delegate logs relayed live or being relayed.
     pub log_streams: Gauge,
     pub log_relayed_bytes: Counter,
@@ -49,6 +57,10 @@ impl Metrics {
             target_reachable: Family::default(),
             orphans_deleted: Family::default(),
             restarts: Family::default(),
+            credential_reloads: Family::default(),
+            credential_errors: Family::default(),
+            token_renewals: Family::default(),
+            token_expiry: Family::default(),
             log_streams: Gauge::default(),
             log_relayed_bytes: Counter::default(),
             delegate_created_seconds: buckets(),
@@ -89,6 +101,26 @@ impl Metrics {
             "restarts",
             "Delegates replaced under restartPolicy Always or OnFailure, by the cluster of the one replaced",
             metrics.restarts.clone(),
+        );
+        sub.register(
+            "target_credential_reloads",
+            "Target kubeconfig files loaded again after they changed, by target cluster",
+            metrics.credential_reloads.clone(),
+        );
+        sub.register(
+            "target_credential_errors",
+            "Target kubeconfig files that did not load and token requests that failed, by target cluster",
+            metrics.credential_errors.clone(),
+        );
+        sub.register(
+            "target_token_renewals",
+            "Short-lived tokens requested for a target, by target cluster",
+            metrics.token_renewals.clone(),
+        );
+        sub.register(
+            "target_token_expiry_timestamp_seconds",
+            "When the short-lived token in use for a target expires",
+            metrics.token_expiry.clone(),
         );
         sub.register(
             "log_streams",

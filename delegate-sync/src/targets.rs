@@ -69,12 +69,29 @@ pub struct Signals {
     pub target_back: Arc<Notify>,
 }
 
-/// Since when a target has not answered (None while it answers), and how many times it came
-/// back (its watches retry at once when it does).
+/// Since when a target has not answered (None while it answers), whether it refuses
+/// delegate-sync's credentials, and how many times it came back (its watches retry at once
+/// when it does).
 #[derive(Default)]
 struct Reachability {
     unreachable_since: std::sync::Mutex<Option<Instant>>,
+    refused: std::sync::Mutex<Option<String>>,
     comebacks: tokio::sync::watch::Sender<u64>,
+}
+
+/// Why a probe's failure is the credentials' fault: the apiserver refused them (401), or
+/// there are none to send.
+fn refusal(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status) if status.code == 401 => Some(format!(
+            "the apiserver refuses delegate-sync's credentials ({})",
+            status.message
+        )),
+        kube::Error::Service(e) => e
+            .downcast_ref::<crate::credentials::NoCredentials>()
+            .map(ToString::to_string),
+        _ => None,
+    }
 }
 
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -87,6 +104,14 @@ fn spawn_probe(target: String, client: Client, reachability: Arc<Reachability>, 
         loop {
             let answer = tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await;
             let now_reachable = matches!(answer, Ok(Ok(_)));
+            let refused = match &answer {
+                Ok(Err(e)) => refusal(e),
+                _ => None,
+            };
+            *reachability
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = refused;
             let transition = {
                 let mut since = reachability
                     .unreachable_since
@@ -145,19 +170,29 @@ pub async fn client(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow:
 }
 
 impl Target {
-    /// Connects to a target and starts its caches; returns the stream of proxies whose delegate
-    /// changed there (to wake their reconciliation).
+    /// Starts a target's caches; returns the stream of proxies whose delegate changed there
+    /// (to wake their reconciliation). A target whose kubeconfig does not load yet is
+    /// unreachable until it does.
     pub async fn start(
         spec: &TargetSpec,
         source: &Client,
         source_name: &str,
         signals: &Signals,
-    ) -> anyhow::Result<(Self, BoxStream<'static, ObjectRef<Pod>>)> {
+        metrics: &Arc<crate::metrics::Metrics>,
+        notice: Option<crate::credentials::Notice>,
+    ) -> (Self, BoxStream<'static, ObjectRef<Pod>>) {
         let client = match &spec.kubeconfig {
             None => source.clone(),
-            Some(path) => client(Some(path), spec.context.as_deref())
+            Some(path) => {
+                crate::credentials::client(
+                    &spec.name,
+                    path,
+                    spec.context.as_deref(),
+                    metrics.clone(),
+                    notice,
+                )
                 .await
-                .with_context(|| format!("--target {}", spec.name))?,
+            }
         };
         let (nodes, nodes_writer) = reflector::store::<Node>();
         let (pods, pods_writer) = reflector::store::<Pod>();
@@ -239,7 +274,7 @@ impl Target {
             reachability.clone(),
             signals.clone(),
         );
-        Ok((
+        (
             Self {
                 name: spec.name.clone(),
                 client,
@@ -249,7 +284,7 @@ impl Target {
                 reachability,
             },
             delegate_events,
-        ))
+        )
     }
 
     /// True once every cache holds a full listing (a store is ready after its first list).
@@ -264,6 +299,15 @@ impl Target {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map(|since| since.elapsed())
+    }
+
+    /// Why the target refuses delegate-sync's credentials (or there are none), when it does.
+    pub fn refused(&self) -> Option<String> {
+        self.reachability
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The delegate named `name` in `namespace`, from the cache.

@@ -83,6 +83,21 @@ async fn create(
             }
         }
         Err(e) if api_code(&e) == Some(409) => {}
+        Err(kube::Error::Api(status)) if status.code == 401 => {
+            let note = format!(
+                "cannot create delegate {delegate_name} in {}: the apiserver refuses delegate-sync's credentials ({})",
+                target.name, status.message
+            );
+            publish(
+                context,
+                &proxy.pod,
+                EventType::Warning,
+                lost::TARGET_UNAUTHORIZED,
+                note,
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         Err(kube::Error::Api(status)) => {
             let note = format!(
                 "cannot create delegate {delegate_name} in {}: {}",

@@ -17,14 +17,32 @@ use crate::{
 /// The reason of proxies failed because their target stopped answering.
 pub const CLUSTER_LOST: &str = "ClusterLost";
 
+/// The reason of the Events of proxies whose target refuses delegate-sync's credentials.
+pub const TARGET_UNAUTHORIZED: &str = "TargetUnauthorized";
+
 /// A proxy whose target does not answer waits for it, up to `--cluster-lost-timeout`; then it
-/// fails with reason `ClusterLost` so that its owner can run it again elsewhere.
+/// fails with reason `ClusterLost` so that its owner can run it again elsewhere. A target that
+/// refuses delegate-sync's credentials does not answer either, and the proxy says why.
 pub async fn cluster_unreachable(
     proxy: &Proxy,
     target: &Target,
     down: Duration,
     context: &Context,
 ) -> Result<Action, Error> {
+    if let Some(why) = target.refused() {
+        let note = format!(
+            "cannot follow delegate {} in {}: {why}; waiting for new credentials",
+            proxy.delegate_name, target.name
+        );
+        super::proxy::publish(
+            context,
+            &proxy.pod,
+            EventType::Warning,
+            TARGET_UNAUTHORIZED,
+            note,
+        )
+        .await;
+    }
     let timeout = context.timing.cluster_lost_timeout;
     if down < timeout {
         return Ok(Action::requeue(timeout - down + Duration::from_millis(100)));

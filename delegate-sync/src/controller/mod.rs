@@ -53,7 +53,7 @@ use crate::{
     targets::{Signals, Target},
 };
 
-pub use lost::CLUSTER_LOST;
+pub use lost::{CLUSTER_LOST, TARGET_UNAUTHORIZED};
 pub use proxy::{Proxy, publish_with};
 
 /// Why a reconciliation failed (it is retried with a delay per kind).

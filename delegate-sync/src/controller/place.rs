@@ -218,7 +218,10 @@ struct Snapshot {
 
 fn why_unusable(target: &Target) -> String {
     match target.unreachable_for() {
-        Some(down) => format!("not answering for {}s", down.as_secs()),
+        Some(down) => match target.refused() {
+            Some(why) => format!("not usable for {}s: {why}", down.as_secs()),
+            None => format!("not answering for {}s", down.as_secs()),
+        },
         None => "caches still loading".into(),
     }
 }
