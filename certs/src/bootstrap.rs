@@ -49,6 +49,13 @@ pub struct Options {
     pub target_server: Option<String>,
     /// How long the token controller may take to fill the token Secret.
     pub token_timeout: Duration,
+    /// Some: delegate-sync acts with tokens of this lifetime, requested through a requester
+    /// account whose long-lived token may do nothing else. None: the long-lived token of the
+    /// service account itself.
+    pub token_lifetime: Option<Duration>,
+    /// A new long-lived token Secret (the kubeconfig is written with it); the ones it replaces
+    /// are listed in the report for [`revoke_replaced`].
+    pub rotate: bool,
     pub dry_run: bool,
 }
 
@@ -138,6 +145,7 @@ pub enum Outcome {
     Created,
     Unchanged,
     Updated,
+    Deleted,
 }
 
 /// One object written, for the one-line report of each.
@@ -160,6 +168,7 @@ impl fmt::Display for Step {
             Outcome::Created => "created",
             Outcome::Unchanged => "unchanged",
             Outcome::Updated => "updated",
+            Outcome::Deleted => "deleted",
         };
         write!(f, "{}: {} {} ", self.context, self.kind, self.name)?;
         match (self.dry_run, self.outcome) {
@@ -185,6 +194,9 @@ pub struct Report {
     /// Whether the kubeconfig was seen to work from here (listing nodes of the target), and
     /// why not. None in a dry run.
     pub verified: Option<Result<(), String>>,
+    /// Long-lived token Secrets of the service account or its requester in the target that the
+    /// kubeconfig no longer uses: still valid until [`revoke_replaced`] deletes them.
+    pub replaced: Vec<String>,
 }
 
 /// Without the token.
@@ -199,6 +211,7 @@ impl fmt::Debug for Report {
                 &self.kubeconfig.as_ref().map(|_| "<redacted>"),
             )
             .field("verified", &self.verified)
+            .field("replaced", &self.replaced)
             .finish()
     }
 }
@@ -277,6 +290,14 @@ pub async fn bootstrap_target(
     run.apply_cluster(&target, &names.cluster_role()).await?;
     run.apply_cluster(&target, &names.cluster_role_binding())
         .await?;
+    if let Some((account, role, binding)) = names.requester_objects() {
+        run.apply_namespaced(in_target, &names.target_namespace, &account)
+            .await?;
+        run.apply_namespaced(in_target, &names.target_namespace, &role)
+            .await?;
+        run.apply_namespaced(in_target, &names.target_namespace, &binding)
+            .await?;
+    }
     run.apply_namespaced(in_target, &names.target_namespace, &names.token_secret())
         .await?;
     let token = if options.dry_run {
@@ -290,6 +311,13 @@ pub async fn bootstrap_target(
     };
 
     // The source.
+    let token_request = options
+        .token_lifetime
+        .map(|lifetime| contract::TokenRequestExtension {
+            service_account: format!("{}/{}", names.target_namespace, names.service_account),
+            expiration_seconds: lifetime.as_secs().max(1),
+            bound_secret: Some(names.token_secret.clone()),
+        });
     let kubeconfig_text = match &token {
         Some(token) => Some(
             objects::render_kubeconfig(&TargetAccess {
@@ -297,8 +325,9 @@ pub async fn bootstrap_target(
                 server: &server,
                 tls_server_name: target.tls_server_name.as_deref(),
                 ca: &token.ca,
-                user: &names.service_account,
+                user: names.token_account(),
                 token: &token.token,
+                token_request: token_request.clone(),
             })
             .map_err(|e| Error::Render(e.to_string()))?,
         ),
@@ -321,8 +350,12 @@ pub async fn bootstrap_target(
     .await?;
 
     let verified = match (&kubeconfig_text, options.dry_run) {
-        (Some(text), false) => Some(verify(text).await),
+        (Some(text), false) => Some(verify(text, token_request.as_ref()).await),
         _ => None,
+    };
+    let replaced = match in_target.unchecked {
+        true => Vec::new(),
+        false => replaced_tokens(&target, &names).await?,
     };
     Ok(Report {
         names,
@@ -330,7 +363,84 @@ pub async fn bootstrap_target(
         server,
         kubeconfig: kubeconfig_text,
         verified,
+        replaced,
     })
+}
+
+/// The long-lived token Secrets of the service account and of its requester, but the one the
+/// kubeconfig now holds.
+async fn replaced_tokens(target: &Cluster, names: &Names) -> Result<Vec<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(target.client.clone(), &names.target_namespace);
+    let action = format!("list Secrets in {}", names.target_namespace);
+    let tokens = api
+        .list(&ListParams::default().fields("type=kubernetes.io/service-account-token"))
+        .await
+        .map_err(|e| api_error(&target.cluster, &action, e))?;
+    let requester = objects::requester_name(&names.service_account);
+    let accounts = [names.service_account.as_str(), requester.as_str()];
+    let mut replaced: Vec<String> = tokens
+        .items
+        .into_iter()
+        .filter(|secret| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubernetes.io/service-account.name"))
+                .is_some_and(|account| accounts.contains(&account.as_str()))
+        })
+        .filter_map(|secret| secret.metadata.name)
+        .filter(|name| *name != names.token_secret)
+        .collect();
+    replaced.sort();
+    Ok(replaced)
+}
+
+/// Deletes the token Secrets a rotation replaced (`report.replaced`): their tokens, and every
+/// short-lived token bound to them, stop working at once. Run it once delegate-sync has read
+/// the new kubeconfig (a Secret volume takes up to about a minute, delegate-sync 10 s more).
+pub async fn revoke_replaced(
+    options: &Options,
+    report: &Report,
+    mut on_step: impl FnMut(&Step),
+) -> Result<(), Error> {
+    if options.dry_run || report.replaced.is_empty() {
+        return Ok(());
+    }
+    let kubeconfig = load_kubeconfig(options.kubeconfig.as_deref())?;
+    let where_ = kubeconfig_description(options.kubeconfig.as_deref());
+    let target = connect(
+        &kubeconfig,
+        &where_,
+        "target-context",
+        "target",
+        &options.target_context,
+    )
+    .await?;
+    let api: Api<Secret> = Api::namespaced(target.client.clone(), &report.names.target_namespace);
+    for name in &report.replaced {
+        let full = format!("{}/{name}", report.names.target_namespace);
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => {
+                return Err(api_error(
+                    &target.cluster,
+                    &format!("delete Secret {full}"),
+                    e,
+                ));
+            }
+        }
+        on_step(&Step {
+            context: target.cluster.context.clone(),
+            kind: "Secret".into(),
+            name: full,
+            outcome: Outcome::Deleted,
+            dry_run: false,
+            unchecked: false,
+        });
+    }
+    Ok(())
 }
 
 /// The names of everything, from the options; refuses names the API would refuse.
@@ -373,24 +483,41 @@ pub fn plan(options: &Options) -> Result<Names, Error> {
             return Err(invalid(flag, value, subdomain));
         }
     }
-    // The token Secret's name is `<service account>-token`.
-    if service_account.len() > 253 - "-token".len() {
+    // The longest name made from it: `<service account>-requester-token-<unix time>`.
+    let longest = "-requester-token-".len() + 10;
+    if service_account.len() > 253 - longest {
         return Err(invalid(
             "service-account",
             &service_account,
-            "too long (at most 247)",
+            "too long (at most 226)",
         ));
     }
+    let requester = options
+        .token_lifetime
+        .map(|_| objects::requester_name(&service_account));
+    let account = requester.as_deref().unwrap_or(&service_account);
+    let token_secret = match options.rotate {
+        false => format!("{account}-token"),
+        true => format!("{account}-token-{}", unix_seconds()),
+    };
     Ok(Names {
         source,
         target: options.target_name.clone(),
         cluster_role: format!("{}-{service_account}", options.target_namespace),
-        token_secret: format!("{service_account}-token"),
+        token_secret,
         target_namespace: options.target_namespace.clone(),
+        requester,
         service_account,
         namespace: options.namespace.clone(),
         secret,
     })
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn kubeconfig_description(path: Option<&Path>) -> String {
@@ -733,22 +860,31 @@ async fn wait_for_token(
 }
 
 /// Lists nodes of the target with the new kubeconfig (from here: a `--target-server` meant
-/// for the source's pods may not be reachable from this machine). The legacy token
-/// authenticator may need a moment to see a new token Secret.
-async fn verify(kubeconfig: &str) -> Result<(), String> {
-    let config = async {
-        let parsed = Kubeconfig::from_yaml(kubeconfig).map_err(|e| chain(&e))?;
-        let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
-            .await
-            .map_err(|e| chain(&e))?;
-        config.connect_timeout = Some(Duration::from_secs(5));
-        Client::try_from(config).map_err(|e| chain(&e))
-    };
-    let client = config.await?;
-    let nodes: Api<Node> = Api::all(client);
+/// for the source's pods may not be reachable from this machine), with a token requested
+/// through it when it is a requester's. The legacy token authenticator may need a moment to
+/// see a new token Secret.
+async fn verify(
+    kubeconfig: &str,
+    token_request: Option<&contract::TokenRequestExtension>,
+) -> Result<(), String> {
+    let parsed = Kubeconfig::from_yaml(kubeconfig).map_err(|e| chain(&e))?;
+    let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .map_err(|e| chain(&e))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
     let mut last = String::new();
     for _ in 0..20 {
-        match nodes.list(&ListParams::default().limit(1)).await {
+        let attempt = async {
+            let config = match token_request {
+                None => config.clone(),
+                Some(request) => with_requested_token(&config, request).await?,
+            };
+            let client = Client::try_from(config)?;
+            Api::<Node>::all(client)
+                .list(&ListParams::default().limit(1))
+                .await
+        };
+        match attempt.await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 401 => last = status.message,
             Err(e) => return Err(chain(&e)),
@@ -756,6 +892,45 @@ async fn verify(kubeconfig: &str) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(last)
+}
+
+/// `config` with a short-lived token of the service account, requested with its credentials
+/// as delegate-sync does (the shortest lifetime the apiserver issues).
+async fn with_requested_token(
+    config: &kube::Config,
+    request: &contract::TokenRequestExtension,
+) -> Result<kube::Config, kube::Error> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let (namespace, name) = request.service_account.split_once('/').unwrap_or_default();
+    let requester = Client::try_from(config.clone())?;
+    let token_request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(600),
+            bound_object_ref: request
+                .bound_secret
+                .as_ref()
+                .map(|secret| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Secret".into()),
+                    name: Some(secret.clone()),
+                    uid: None,
+                }),
+        },
+        ..Default::default()
+    };
+    let issued =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(requester, namespace)
+            .create_token_request(name, &PostParams::default(), &token_request)
+            .await?;
+    let mut config = config.clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: issued.status.map(|s| s.token.into()),
+        ..Default::default()
+    };
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -774,6 +949,8 @@ mod tests {
             secret_name: None,
             target_server: None,
             token_timeout: DEFAULT_TOKEN_TIMEOUT,
+            token_lifetime: None,
+            rotate: false,
             dry_run: false,
         }
     }

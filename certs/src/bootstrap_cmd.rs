@@ -41,6 +41,19 @@ pub struct BootstrapArgs {
     /// How long to wait for the token controller to fill the token Secret.
     #[arg(long, env = "CERTS_TOKEN_TIMEOUT_SECONDS", default_value_t = 60)]
     token_timeout_seconds: u64,
+    /// Give delegate-sync short-lived tokens of this lifetime (e.g. 1h) instead of a long-lived
+    /// one: the kubeconfig then holds the token of a requester account that may only request
+    /// tokens for the ServiceAccount, and delegate-sync renews them at 80 % of their life.
+    #[arg(long, env = "CERTS_TOKEN_LIFETIME", value_parser = contract::parse_duration)]
+    token_lifetime: Option<Duration>,
+    /// Replace the long-lived token: write the kubeconfig with a new one, wait --rotate-grace
+    /// for delegate-sync to read it, then delete the old ones (which revokes them).
+    #[arg(long, env = "CERTS_ROTATE")]
+    rotate: bool,
+    /// With --rotate: how long the old tokens stay valid after the new kubeconfig is written.
+    /// A mounted Secret reaches delegate-sync within about a minute and 10 s.
+    #[arg(long, env = "CERTS_ROTATE_GRACE", default_value = "2m", value_parser = contract::parse_duration)]
+    rotate_grace: Duration,
     /// Show what would be done; the API servers validate every write (dryRun=All) and keep none.
     #[arg(long, env = "CERTS_DRY_RUN")]
     dry_run: bool,
@@ -58,8 +71,14 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         secret_name,
         target_server,
         token_timeout_seconds,
+        token_lifetime,
+        rotate,
+        rotate_grace,
         dry_run,
     } = args;
+    if token_lifetime.is_some_and(|l| l.is_zero()) {
+        anyhow::bail!("--token-lifetime must be at least 1s");
+    }
     let options = Options {
         kubeconfig,
         source_context,
@@ -71,6 +90,8 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         secret_name,
         target_server,
         token_timeout: Duration::from_secs(token_timeout_seconds),
+        token_lifetime,
+        rotate,
         dry_run,
     };
     let report = bootstrap::bootstrap_target(&options, |step| println!("certs: {step}"))
@@ -107,6 +128,25 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
             names.target, names.secret, names.namespace
         );
     }
+    if report.replaced.is_empty() || options.dry_run {
+        return Ok(());
+    }
+    if !options.rotate {
+        println!(
+            "certs: token Secrets no longer in the kubeconfig, still valid: {} (run again with \
+             --rotate to revoke them)",
+            report.replaced.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "certs: revoking {} in {rotate_grace:?} (--rotate-grace), once delegate-sync has read the new kubeconfig",
+        report.replaced.join(", ")
+    );
+    tokio::time::sleep(rotate_grace).await;
+    bootstrap::revoke_replaced(&options, &report, |step| println!("certs: {step}"))
+        .await
+        .context("revoking the replaced tokens failed (delete them by hand)")?;
     Ok(())
 }
 

@@ -148,3 +148,52 @@ mod tests {
         assert!(!is_own_key("testbed.multicluster.admiralty.io/run-for"));
     }
 }
+
+/// Extension of a target kubeconfig's context (written by `certs bootstrap-target
+/// --token-lifetime`, read by delegate-sync): the context's user is a requester that may only
+/// request tokens for one ServiceAccount, and delegate-sync acts with short-lived tokens of
+/// that account. Its value is a [`TokenRequestExtension`].
+pub const TOKEN_REQUEST_EXTENSION: &str = "multicluster.admiralty.io/token-request";
+
+/// The value of [`TOKEN_REQUEST_EXTENSION`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequestExtension {
+    /// `namespace/name` of the ServiceAccount delegate-sync acts as in the target.
+    pub service_account: alloc::string::String,
+    /// How long each token lives (at least 1 second).
+    pub expiration_seconds: u64,
+    /// The requester's token Secret (in the ServiceAccount's namespace) the tokens are bound
+    /// to: deleting it revokes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_secret: Option<alloc::string::String>,
+}
+
+/// A Go-style duration of whole units: `90s`, `15m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<core::time::Duration, alloc::string::String> {
+    let bad = || alloc::format!("{text:?} is not a duration like 90s, 15m or 1h30m");
+    let mut total = 0u64;
+    let mut digits = alloc::string::String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let value: u64 = digits.parse().map_err(|_| bad())?;
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(core::time::Duration::from_secs(total))
+}

@@ -148,34 +148,7 @@ fn check_unique(targets: &[TargetSpec]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Go-style duration of whole units: `90s`, `15m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration like 90s, 15m or 1h30m");
-    let mut total = 0u64;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(bad()),
-        };
-        let value: u64 = digits.parse().map_err(|_| bad())?;
-        total = value
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || text.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
-}
+pub use contract::parse_duration;
 
 /// Where a target cluster is.
 #[derive(Clone, Debug, PartialEq, Eq)]

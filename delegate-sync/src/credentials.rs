@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use contract::{TOKEN_REQUEST_EXTENSION, TokenRequestExtension};
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use k8s_openapi::{
@@ -36,14 +37,9 @@ use kube::{
     config::{AuthInfo, KubeConfigOptions, Kubeconfig},
     runtime::events::{Event, EventType, Recorder},
 };
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-
-/// The context extension that turns on short-lived tokens (written by `certs
-/// bootstrap-target --token-lifetime`).
-pub const TOKEN_REQUEST_EXTENSION: &str = "multicluster.admiralty.io/token-request";
 
 /// How often the kubeconfig file is looked at (a Secret volume's update takes up to about a
 /// minute to reach the file; this adds at most this much).
@@ -79,26 +75,11 @@ pub enum CredentialError {
     },
 }
 
-/// What the [`TOKEN_REQUEST_EXTENSION`] asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TokenRequestExtension {
-    /// `namespace/name` of the ServiceAccount delegate-sync acts as in the target.
-    pub service_account: String,
-    /// How long each token lives (at least 1 second).
-    pub expiration_seconds: u64,
-    /// The requester's token Secret (in the ServiceAccount's namespace) the tokens are bound
-    /// to: deleting it revokes them.
-    #[serde(default)]
-    pub bound_secret: Option<String>,
-}
-
-impl TokenRequestExtension {
-    fn account(&self) -> Option<(&str, &str)> {
-        self.service_account
-            .split_once('/')
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-    }
+/// `namespace` and `name` of the account the extension names, when it names one.
+fn account(spec: &TokenRequestExtension) -> Option<(&str, &str)> {
+    spec.service_account
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
 }
 
 /// A kubeconfig file, loaded.
@@ -135,7 +116,7 @@ fn token_request_of(
     };
     let spec: TokenRequestExtension =
         serde_json::from_value(extension.extension.clone()).map_err(|e| bad(e.to_string()))?;
-    if spec.account().is_none() {
+    if account(&spec).is_none() {
         return Err(bad(format!(
             "serviceAccount {:?} is not namespace/name",
             spec.service_account
@@ -198,7 +179,7 @@ async fn request_token(
     requester: &Client,
     spec: &TokenRequestExtension,
 ) -> Result<(String, Schedule, Timestamp), CredentialError> {
-    let (namespace, name) = spec.account().unwrap_or_default();
+    let (namespace, name) = account(spec).unwrap_or_default();
     let failed = |detail: String| CredentialError::TokenRequest {
         service_account: spec.service_account.clone(),
         detail,

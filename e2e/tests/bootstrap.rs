@@ -214,6 +214,8 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         secret_name: None,
         target_server: None,
         token_timeout: Duration::from_secs(60),
+        token_lifetime: None,
+        rotate: false,
         dry_run: true,
     };
     let names = bootstrap::plan(&options)?;

@@ -8,7 +8,9 @@ use k8s_openapi::{
     ByteString,
     api::{
         core::v1::{Namespace, Secret, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+        rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+        },
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -49,6 +51,11 @@ pub fn cluster_role_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// The requester of a service account: `<service account>-requester`.
+pub fn requester_name(service_account: &str) -> String {
+    format!("{service_account}-requester")
+}
+
 /// The names of everything written, decided from the options before any call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -59,10 +66,16 @@ pub struct Names {
     /// In the target.
     pub target_namespace: String,
     pub service_account: String,
+    /// With short-lived tokens: the ServiceAccount whose long-lived token may only request
+    /// tokens for `service_account` (`<service account>-requester`); its Role and RoleBinding
+    /// have its name.
+    pub requester: Option<String>,
     /// ClusterRole and ClusterRoleBinding: `<target namespace>-<service account>`, like the
     /// target chart's `<release namespace>-<fullname>`.
     pub cluster_role: String,
-    /// The long-lived token: `<service account>-token`, like the target chart's.
+    /// The long-lived token in the kubeconfig: `<account>-token`, like the target chart's, or
+    /// `<account>-token-<unix time>` for a rotation; the account is the requester when there
+    /// is one.
     pub token_secret: String,
     /// In the source.
     pub namespace: String,
@@ -141,13 +154,54 @@ impl Names {
         }
     }
 
+    /// The account whose long-lived token the kubeconfig holds.
+    pub fn token_account(&self) -> &str {
+        self.requester.as_deref().unwrap_or(&self.service_account)
+    }
+
+    /// The requester: no rights but requesting tokens of the service account.
+    pub fn requester_objects(&self) -> Option<(ServiceAccount, Role, RoleBinding)> {
+        let requester = self.requester.as_ref()?;
+        let namespace = Some(self.target_namespace.as_str());
+        let account = ServiceAccount {
+            metadata: self.meta(requester, namespace),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        };
+        let role = Role {
+            metadata: self.meta(requester, namespace),
+            rules: Some(vec![PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["serviceaccounts/token".into()]),
+                resource_names: Some(vec![self.service_account.clone()]),
+                verbs: vec!["create".into()],
+                ..Default::default()
+            }]),
+        };
+        let binding = RoleBinding {
+            metadata: self.meta(requester, namespace),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: requester.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: requester.clone(),
+                namespace: Some(self.target_namespace.clone()),
+                ..Default::default()
+            }]),
+        };
+        Some((account, role, binding))
+    }
+
     /// Filled by the token controller (`token`, `ca.crt`, `namespace`); deleting it revokes
-    /// the token.
+    /// the token (and, with a requester, every short-lived token bound to it).
     pub fn token_secret(&self) -> Secret {
         let mut metadata = self.meta(&self.token_secret, Some(&self.target_namespace));
         metadata.annotations = Some(BTreeMap::from([(
             "kubernetes.io/service-account.name".into(),
-            self.service_account.clone(),
+            self.token_account().to_string(),
         )]));
         Secret {
             metadata,
@@ -167,10 +221,18 @@ impl Names {
                 labels: Some(labels),
                 annotations: Some(BTreeMap::from([(
                     "multicluster.admiralty.io/credentials".into(),
-                    format!(
-                        "ServiceAccount {}/{} of the target cluster (token in Secret {})",
-                        self.target_namespace, self.service_account, self.token_secret
-                    ),
+                    match &self.requester {
+                        None => format!(
+                            "ServiceAccount {}/{} of the target cluster (token in Secret {})",
+                            self.target_namespace, self.service_account, self.token_secret
+                        ),
+                        Some(requester) => format!(
+                            "short-lived tokens of ServiceAccount {ns}/{}, requested as {ns}/{requester} of the target cluster (token in Secret {})",
+                            self.service_account,
+                            self.token_secret,
+                            ns = self.target_namespace,
+                        ),
+                    },
                 )])),
                 ..Default::default()
             },
@@ -195,6 +257,8 @@ pub struct TargetAccess<'a> {
     pub ca: &'a [u8],
     pub user: &'a str,
     pub token: &'a str,
+    /// With a requester: what delegate-sync requests with it.
+    pub token_request: Option<contract::TokenRequestExtension>,
 }
 
 /// A kubeconfig with one cluster, one user (a bearer token) and one current context, each
@@ -209,15 +273,19 @@ pub fn render_kubeconfig(
     if let Some(name) = access.tls_server_name {
         cluster["tls-server-name"] = json!(name);
     }
+    let mut context = json!({ "cluster": access.name, "user": access.user });
+    if let Some(request) = &access.token_request {
+        context["extensions"] = json!([{
+            "name": contract::TOKEN_REQUEST_EXTENSION,
+            "extension": request,
+        }]);
+    }
     serde_saphyr::to_string(&json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{ "name": access.name, "cluster": cluster }],
         "users": [{ "name": access.user, "user": { "token": access.token } }],
-        "contexts": [{
-            "name": access.name,
-            "context": { "cluster": access.name, "user": access.user },
-        }],
+        "contexts": [{ "name": access.name, "context": context }],
         "current-context": access.name,
     }))
 }
@@ -264,6 +332,7 @@ mod tests {
             target: "cluster2".into(),
             target_namespace: "multicluster".into(),
             service_account: "delegate-sync-cluster1".into(),
+            requester: None,
             cluster_role: "multicluster-delegate-sync-cluster1".into(),
             token_secret: "delegate-sync-cluster1-token".into(),
             namespace: "multicluster".into(),
@@ -330,6 +399,7 @@ mod tests {
             ca: b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             user: "delegate-sync-cluster1",
             token: "eyJhbGciOi.abc.def",
+            token_request: None,
         })
         .unwrap();
         let parsed = kube::config::Kubeconfig::from_yaml(&text).unwrap();
@@ -346,6 +416,62 @@ mod tests {
         assert_eq!(token, "eyJhbGciOi.abc.def");
         let context = parsed.contexts[0].context.as_ref().unwrap();
         assert_eq!(context.user.as_deref(), Some("delegate-sync-cluster1"));
+    }
+
+    #[test]
+    fn a_requester_may_only_request_tokens_of_the_account_and_the_kubeconfig_says_so() {
+        assert!(names().requester_objects().is_none());
+        let names = Names {
+            requester: Some("delegate-sync-cluster1-requester".into()),
+            token_secret: "delegate-sync-cluster1-requester-token".into(),
+            ..names()
+        };
+        let (account, role, binding) = names.requester_objects().unwrap();
+        assert_eq!(account.automount_service_account_token, Some(false));
+        assert_eq!(
+            serde_json::to_value(&role.rules).unwrap(),
+            serde_json::json!([{
+                "apiGroups": [""],
+                "resources": ["serviceaccounts/token"],
+                "resourceNames": ["delegate-sync-cluster1"],
+                "verbs": ["create"],
+            }])
+        );
+        assert_eq!(
+            binding.subjects.unwrap()[0].name,
+            "delegate-sync-cluster1-requester"
+        );
+        assert_eq!(
+            names.token_secret().metadata.annotations.unwrap()["kubernetes.io/service-account.name"],
+            "delegate-sync-cluster1-requester"
+        );
+        let request = contract::TokenRequestExtension {
+            service_account: "multicluster/delegate-sync-cluster1".into(),
+            expiration_seconds: 3600,
+            bound_secret: Some(names.token_secret.clone()),
+        };
+        let text = render_kubeconfig(&TargetAccess {
+            name: "cluster2",
+            server: "https://10.0.0.2:6443",
+            tls_server_name: None,
+            ca: b"ca",
+            user: "delegate-sync-cluster1-requester",
+            token: "t",
+            token_request: Some(request.clone()),
+        })
+        .unwrap();
+        let parsed = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        let extension = &parsed.contexts[0]
+            .context
+            .as_ref()
+            .unwrap()
+            .extensions
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(extension.name, contract::TOKEN_REQUEST_EXTENSION);
+        let read: contract::TokenRequestExtension =
+            serde_json::from_value(extension.extension.clone()).unwrap();
+        assert_eq!(read, request);
     }
 
     #[test]
