@@ -434,6 +434,10 @@ fn every_chart_passes_helm_lint_strict() -> anyhow::Result<()> {
             log_relay_values(json!({ "enabled": false, "maxStreams": 0 })),
         ),
         ("target", json!({ "namespaces": ["blog"] })),
+        (
+            "target",
+            json!({ "tokenRequest": { "enabled": true, "expirationSeconds": 600 } }),
+        ),
     ];
     for (chart_name, values) in cases {
         let file = scratch.write(
@@ -554,6 +558,21 @@ fn schemas_and_templates_refuse_mistakes_with_a_clear_message() -> anyhow::Resul
             "target",
             json!({ "rbac": { "create": false } }),
             "additional properties 'rbac'",
+        ),
+        (
+            "target",
+            json!({ "tokenRequest": { "expirationSeconds": 0 } }),
+            "/tokenRequest/expirationSeconds",
+        ),
+        (
+            "target",
+            json!({ "tokenRequest": { "enabled": "yes" } }),
+            "/tokenRequest/enabled",
+        ),
+        (
+            "target",
+            json!({ "tokenRequest": { "lifetime": "1h" } }),
+            "additional properties 'lifetime'",
         ),
     ];
     for (chart_name, values, expected) in cases {
@@ -1638,6 +1657,235 @@ async fn target_chart_grants_argo_executors_task_results_only() -> anyhow::Resul
         .is_err()
     );
     ensure!(all_of(&without, "Role").is_empty());
+    Ok(())
+}
+
+/// `helm template` without an apiserver: what does not depend on one.
+const TEMPLATE_KUBE_VERSION: &str = "v1.34.0";
+
+/// The names `certs bootstrap-target` decides for service account `service_account` in
+/// `namespace`, with a requester or not: the accounts and the token Secret as the target chart
+/// names them by default.
+fn bootstrap_names(
+    namespace: &str,
+    service_account: &str,
+    requester: bool,
+) -> certs::bootstrap::objects::Names {
+    let requester = requester.then(|| certs::bootstrap::objects::requester_name(service_account));
+    let account = requester.as_deref().unwrap_or(service_account);
+    certs::bootstrap::objects::Names {
+        source: "cluster1".into(),
+        target: "cluster2".into(),
+        target_namespace: namespace.into(),
+        service_account: service_account.into(),
+        token_secret: format!("{account}-token"),
+        requester,
+        cluster_role: format!("{namespace}-{service_account}"),
+        namespace: "multicluster".into(),
+        secret: "cluster2-kubeconfig".into(),
+    }
+}
+
+/// `tokenRequest.enabled` renders what `certs bootstrap-target --token-lifetime` writes: the
+/// requester ServiceAccount `<sa>-requester`, its Role (creating tokens of `<sa>`, by name, and
+/// nothing else: the same rules as certs', as JSON) and RoleBinding, and the long-lived token
+/// Secret for the requester. Off by default: none of that, the Secret for `<sa>` itself.
+#[test]
+fn target_chart_token_request_renders_what_certs_bootstrap_writes() -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let namespace = "multicluster";
+    let cases = [
+        // The chart's defaults: the fullname.
+        ("mc-target", json!({})),
+        // certs' default name (`delegate-sync-<source>`).
+        (
+            "delegate-sync-cluster1",
+            json!({ "serviceAccount": { "name": "delegate-sync-cluster1" } }),
+        ),
+    ];
+    for (service_account, base) in cases {
+        let mut values = base.clone();
+        merge(&mut values, json!({ "tokenRequest": { "enabled": true } }));
+        let docs = render(
+            &scratch,
+            "target",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &values,
+        )?;
+        let names = bootstrap_names(namespace, service_account, true);
+        let requester = format!("{service_account}-requester");
+        let (certs_account, certs_role, certs_binding) = names
+            .requester_objects()
+            .context("certs makes a requester")?;
+        ensure!(certs_account.metadata.name.as_deref() == Some(requester.as_str()));
+
+        let account = find(&docs, "ServiceAccount", &requester)?;
+        ensure!(
+            account["metadata"]["namespace"] == json!(namespace),
+            "{account}"
+        );
+        ensure!(
+            account["automountServiceAccountToken"]
+                == serde_json::to_value(certs_account.automount_service_account_token)?,
+            "{account}"
+        );
+        ensure!(
+            account["metadata"]["labels"]["app.kubernetes.io/part-of"]
+                == json!("multicluster-delegation"),
+            "{account}"
+        );
+        // The ServiceAccount delegate-sync acts as is still there, bound to the ClusterRole.
+        find(&docs, "ServiceAccount", service_account)?;
+        let cluster_binding = find(
+            &docs,
+            "ClusterRoleBinding",
+            &format!("{namespace}-mc-target"),
+        )?;
+        ensure!(
+            cluster_binding["subjects"]
+                == json!([{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }]),
+            "{cluster_binding}"
+        );
+
+        let role = find(&docs, "Role", &requester)?;
+        ensure!(role["metadata"]["namespace"] == json!(namespace), "{role}");
+        let certs_rules = serde_json::to_value(&certs_role.rules)?;
+        ensure!(
+            role["rules"] == certs_rules,
+            "the chart's requester rules {} differ from certs' {certs_rules}",
+            role["rules"]
+        );
+        ensure!(
+            role["rules"]
+                == json!([{
+                    "apiGroups": [""],
+                    "resources": ["serviceaccounts/token"],
+                    "resourceNames": [service_account],
+                    "verbs": ["create"],
+                }]),
+            "{}",
+            role["rules"]
+        );
+
+        let binding = find(&docs, "RoleBinding", &requester)?;
+        ensure!(
+            binding["metadata"]["namespace"] == json!(namespace),
+            "{binding}"
+        );
+        ensure!(
+            binding["roleRef"] == serde_json::to_value(&certs_binding.role_ref)?,
+            "{binding}"
+        );
+        ensure!(
+            binding["subjects"] == serde_json::to_value(&certs_binding.subjects)?,
+            "{binding}"
+        );
+        ensure!(
+            binding["subjects"]
+                == json!([{ "kind": "ServiceAccount", "name": requester, "namespace": namespace }]),
+            "{binding}"
+        );
+        assert_no_wildcards(&docs)?;
+
+        // The token Secret: the requester's, named as certs names it.
+        let certs_token = names.token_secret();
+        ensure!(names.token_secret == format!("{requester}-token"));
+        let token = find(&docs, "Secret", &names.token_secret)?;
+        ensure!(
+            token["type"] == serde_json::to_value(&certs_token.type_)?,
+            "{token}"
+        );
+        ensure!(
+            token["metadata"]["annotations"]
+                == serde_json::to_value(&certs_token.metadata.annotations)?,
+            "{token}"
+        );
+        ensure!(
+            token["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                == json!(requester),
+            "{token}"
+        );
+        ensure!(all_of(&docs, "Secret").len() == 1, "one token Secret only");
+
+        // tokenSecret.name still wins; tokenSecret.create=false still means no Secret.
+        let mut named = values.clone();
+        merge(&mut named, json!({ "tokenSecret": { "name": "mine" } }));
+        let docs = render(
+            &scratch,
+            "target",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &named,
+        )?;
+        let token = find(&docs, "Secret", "mine")?;
+        ensure!(
+            token["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                == json!(requester),
+            "{token}"
+        );
+        let mut uncreated = values.clone();
+        merge(
+            &mut uncreated,
+            json!({ "tokenSecret": { "create": false } }),
+        );
+        let docs = render(
+            &scratch,
+            "target",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &uncreated,
+        )?;
+        ensure!(all_of(&docs, "Secret").is_empty());
+        find(&docs, "Role", &requester)?;
+
+        // Disabled (the default): nothing of the requester; the token is the account's own.
+        let docs = render(
+            &scratch,
+            "target",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &base,
+        )?;
+        let leftovers: Vec<String> = docs
+            .iter()
+            .filter(|d| {
+                name_of(d).contains("requester")
+                    || matches!(kind_of(d), "Role" | "RoleBinding")
+                    || d.to_string().contains("serviceaccounts/token")
+            })
+            .map(|d| format!("{}/{}", kind_of(d), name_of(d)))
+            .collect();
+        ensure!(
+            leftovers.is_empty(),
+            "rendered without tokenRequest: {leftovers:?}"
+        );
+        ensure!(
+            all_of(&docs, "ServiceAccount")
+                .iter()
+                .map(|d| name_of(d))
+                .collect::<Vec<_>>()
+                == [service_account]
+        );
+        let names = bootstrap_names(namespace, service_account, false);
+        ensure!(names.requester_objects().is_none());
+        let certs_token = names.token_secret();
+        let token = find(&docs, "Secret", &format!("{service_account}-token"))?;
+        ensure!(
+            token["metadata"]["annotations"]
+                == serde_json::to_value(&certs_token.metadata.annotations)?,
+            "{token}"
+        );
+        ensure!(
+            token["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                == json!(service_account),
+            "{token}"
+        );
+    }
     Ok(())
 }
 

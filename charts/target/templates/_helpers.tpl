@@ -43,6 +43,20 @@ app.kubernetes.io/part-of: multicluster-delegation
 {{- default (include "target.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
+{{/* With tokenRequest: the ServiceAccount that may only request tokens of the other. */}}
+{{- define "target.requesterName" -}}
+{{- printf "%s-requester" (include "target.serviceAccountName" .) }}
+{{- end }}
+
+{{/* The account whose long-lived token the source's kubeconfig holds. */}}
+{{- define "target.tokenAccountName" -}}
+{{- if .Values.tokenRequest.enabled }}
+{{- include "target.requesterName" . }}
+{{- else }}
+{{- include "target.serviceAccountName" . }}
+{{- end }}
+{{- end }}
+
 {{- define "target.tokenSecretName" -}}
-{{- default (printf "%s-token" (include "target.serviceAccountName" .)) .Values.tokenSecret.name }}
+{{- default (printf "%s-token" (include "target.tokenAccountName" .)) .Values.tokenSecret.name }}
 {{- end }}
