@@ -861,8 +861,7 @@ async fn wait_for_token(
 
 /// Lists nodes of the target with the new kubeconfig (from here: a `--target-server` meant
 /// for the source's pods may not be reachable from this machine), with a token requested
-/// through it when it is a requester's. The legacy token authenticator may need a moment to
-/// see a new token Secret.
+/// through it when it is a requester's.
 async fn verify(
     kubeconfig: &str,
     token_request: Option<&contract::TokenRequestExtension>,
@@ -886,7 +885,10 @@ async fn verify(
         };
         match attempt.await {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 401 => last = status.message,
+            // A new token Secret, or RBAC just written, takes the apiserver a moment to see.
+            Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => {
+                last = status.message
+            }
             Err(e) => return Err(chain(&e)),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -116,6 +116,13 @@ impl Process {
         }
     }
 
+    /// Runs with these environment variables too.
+    pub fn with_env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
     /// Runs with only these environment variables (no KUBECONFIG, no HOME).
     pub fn with_env_only(mut self, env: &[(&str, &str)]) -> Self {
         self.clear_env = true;
