@@ -7,8 +7,11 @@
 //! them; a kubeconfig that does not load keeps the old credentials (Warning Event, metric);
 //! and a rotation back to a long-lived token is picked up the same way.
 //!
-//! One test: every delegate-sync watches the proxies of all namespaces, so two at once would
-//! handle each other's.
+//! A second test has a real kubelet hand a rotated long-lived kubeconfig over, and measures how
+//! long that takes.
+//!
+//! The tests take turns ([`ONE_AT_A_TIME`]): every delegate-sync watches the proxies of all
+//! namespaces, so two at once would handle each other's.
 
 mod common;
 
@@ -44,6 +47,8 @@ const LIFETIME: Duration = Duration::from_secs(20);
 const OWN_POD: &str = "delegate-sync-under-test";
 const BURST: usize = 200;
 
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A directory laid out as the kubelet lays out a Secret volume: `kubeconfig` links to
 /// `..data/kubeconfig`, and `..data` links to a directory of the current content, swapped by
 /// an atomic rename at each update.
@@ -57,10 +62,6 @@ impl Mount {
         std::fs::create_dir_all(&dir)?;
         std::os::unix::fs::symlink("..data/kubeconfig", dir.join("kubeconfig"))?;
         Ok(Self { dir, generation: 0 })
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
     }
 
     fn write(&mut self, text: &str) -> anyhow::Result<()> {
@@ -110,7 +111,8 @@ struct Scene {
     ns: TestNamespace,
     cluster1: Client,
     cluster2: Client,
-    mount: Mount,
+    /// Where delegate-sync reads the kubeconfig, when the test hands it over itself.
+    mount: Option<Mount>,
     admin: SocketAddr,
 }
 
@@ -133,19 +135,45 @@ impl Scene {
         }
     }
 
-    /// Bootstraps, then hands the kubeconfig Secret's new content to the mount.
+    /// Bootstraps, then hands the kubeconfig Secret's new content to the mount, if any.
     async fn bootstrap(&mut self, options: &Options) -> anyhow::Result<Report> {
         let report = bootstrap::bootstrap_target(options, |_| {}).await?;
         ensure!(report.verified == Some(Ok(())), "{:?}", report.verified);
-        let secret = Api::<Secret>::namespaced(self.cluster1.clone(), &self.ns.name)
-            .get(&report.names.secret)
-            .await?;
-        let text = secret
-            .data
-            .and_then(|d| d.get("kubeconfig").cloned())
-            .context("no kubeconfig in the Secret")?;
-        self.mount.write(&String::from_utf8(text.0)?)?;
+        if let Some(mount) = &mut self.mount {
+            let secret = Api::<Secret>::namespaced(self.cluster1.clone(), &self.ns.name)
+                .get(&report.names.secret)
+                .await?;
+            let text = secret
+                .data
+                .and_then(|d| d.get("kubeconfig").cloned())
+                .context("no kubeconfig in the Secret")?;
+            mount.write(&String::from_utf8(text.0)?)?;
+        }
         Ok(report)
+    }
+
+    /// delegate-sync as a real process, cluster2's kubeconfig read from `kubeconfig`.
+    async fn start_sync(&self, kubeconfig: &Path, scratch: &Scratch) -> anyhow::Result<Process> {
+        let key_file = scratch.path("manifest-key");
+        std::fs::write(&key_file, KEY)?;
+        let binary = workspace_binary("delegate-sync", "delegate-sync");
+        let mut sync = Process::new(
+            "delegate-sync",
+            &binary,
+            vec![
+                "--cluster-name=cluster1".into(),
+                format!("--kubeconfig={}", self.env.kubeconfig().display()),
+                "--context=cluster1".into(),
+                format!("--target=cluster2={}", kubeconfig.display()),
+                format!("--manifest-key-file={}", key_file.display()),
+                format!("--admin-address={}", self.admin),
+            ],
+            scratch.path("delegate-sync.log"),
+        )
+        .with_env(&[("POD_NAME", OWN_POD), ("POD_NAMESPACE", &self.ns.name)]);
+        sync.start();
+        sync.wait_ready(self.admin, Duration::from_secs(60)).await;
+        Ok(sync)
     }
 
     async fn metric(&self, prefix: &str) -> anyhow::Result<f64> {
@@ -247,6 +275,7 @@ fn names(prefix: &str, count: usize) -> Vec<String> {
 #[tokio::test]
 async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_sync()
 -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::get().await?;
     let ns = env.namespace("creds").await?;
     let scratch = Scratch::new("credentials-test");
@@ -258,7 +287,7 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
         env,
         cluster1: env.client("cluster1").await?,
         cluster2: env.client("cluster2").await?,
-        mount: Mount::new(scratch.path("cluster2-kubeconfig"))?,
+        mount: Some(Mount::new(scratch.path("cluster2-kubeconfig"))?),
         admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
         ns,
     };
@@ -267,7 +296,8 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
     let first = scene
         .bootstrap(&scene.options(Some(LIFETIME), false))
         .await?;
-    let requester = client_of(&scene.mount.path()).await?;
+    let path = scratch.path("cluster2-kubeconfig/kubeconfig");
+    let requester = client_of(&path).await?;
     let ns_name = scene.ns.name.clone();
     ensure!(
         can(
@@ -297,25 +327,7 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
         );
     }
 
-    let key_file = scratch.path("manifest-key");
-    std::fs::write(&key_file, KEY)?;
-    let binary = workspace_binary("delegate-sync", "delegate-sync");
-    let mut sync = Process::new(
-        "delegate-sync",
-        &binary,
-        vec![
-            "--cluster-name=cluster1".into(),
-            format!("--kubeconfig={}", env.kubeconfig().display()),
-            "--context=cluster1".into(),
-            format!("--target=cluster2={}", scene.mount.path().display()),
-            format!("--manifest-key-file={}", key_file.display()),
-            format!("--admin-address={}", scene.admin),
-        ],
-        scratch.path("delegate-sync.log"),
-    )
-    .with_env(&[("POD_NAME", OWN_POD), ("POD_NAMESPACE", &ns_name)]);
-    sync.start();
-    sync.wait_ready(scene.admin, Duration::from_secs(60)).await;
+    let mut sync = scene.start_sync(&path, &scratch).await?;
     let renewals = "delegate_sync_target_token_renewals_total{cluster=\"cluster2\"}";
     let errors = "delegate_sync_api_errors_total{cluster=\"cluster2\"}";
 
@@ -432,18 +444,27 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
         "cluster2 still counted reachable"
     );
     // A new credential, mounted: the held proxies end as their delegates did.
-    let recovered_at = Instant::now();
     scene
         .bootstrap(&scene.options(Some(LIFETIME), true))
         .await?;
+    let recovered_at = Instant::now();
+    let reachable = "delegate_sync_target_reachable{cluster=\"cluster2\"}";
+    common::wait_until(
+        "cluster2 reachable again",
+        Duration::from_secs(30),
+        async || Ok((scene.metric(reachable).await? < 1.0).then(|| "not yet".to_string())),
+    )
+    .await?;
+    let reachable_after = recovered_at.elapsed();
     scene.all_succeed(&held, Duration::from_secs(60)).await?;
     let recovered_after = recovered_at.elapsed();
 
     // A kubeconfig that does not load: the credentials in use stay, and it says why.
     let credential_errors = "delegate_sync_target_credential_errors_total{cluster=\"cluster2\"}";
     let errors_before = scene.metric(credential_errors).await?;
-    let current = std::fs::read_to_string(scene.mount.path())?;
-    scene.mount.write("apiVersion: v1\nclusters: [oops\n")?;
+    let current = std::fs::read_to_string(&path)?;
+    let mount = scene.mount.as_mut().context("mounted")?;
+    mount.write("apiVersion: v1\nclusters: [oops\n")?;
     common::wait_until(
         "TargetCredentialInvalid",
         Duration::from_secs(20),
@@ -457,7 +478,7 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
     let during = names("broken-file", 1);
     scene.create_proxies(&during, "1s").await?;
     scene.all_succeed(&during, Duration::from_secs(30)).await?;
-    scene.mount.write(&current)?;
+    scene.mount.as_mut().context("mounted")?.write(&current)?;
 
     // Back to a long-lived token of the account itself: picked up the same way.
     let reloads_before = scene.metric(reloads).await?;
@@ -484,7 +505,130 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
             "burst_seconds": burst_took.as_secs_f64(),
             "rotation_picked_up_seconds": picked_up.as_secs_f64(),
             "revoked_to_target_unauthorized_seconds": refused_after.as_secs_f64(),
-            "new_credential_to_proxies_ended_seconds": recovered_after.as_secs_f64(),
+            "new_credential_to_target_reachable_seconds": reachable_after.as_secs_f64(),
+            "new_credential_to_held_proxies_ended_seconds": recovered_after.as_secs_f64(),
+        }),
+    );
+    sync.stop(Duration::from_secs(10));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rotated_kubeconfig_secret_reaches_delegate_sync_through_a_real_kubelet()
+-> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let env = TestEnv::get().await?;
+    env.require_real_nodes()?;
+    let ns = env.namespace("creds-kubelet").await?;
+    let scratch = Scratch::new("credentials-kubelet-test");
+    let _cleanup = Cleanup {
+        kubeconfig: env.kubeconfig().clone(),
+        cluster_role: format!("{}-{ACCOUNT}", ns.name),
+    };
+    let mut scene = Scene {
+        env,
+        cluster1: env.client("cluster1").await?,
+        cluster2: env.client("cluster2").await?,
+        mount: None,
+        admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        ns,
+    };
+    let ns_name = scene.ns.name.clone();
+    let first = scene.bootstrap(&scene.options(None, false)).await?;
+
+    // The kubeconfig Secret, mounted by cluster1's real kubelet into a pod of its own.
+    let mut spec: k8s_openapi::api::core::v1::PodSpec =
+        serde_json::from_value(serde_json::json!({
+            "containers": [{
+                "name": "main",
+                "image": e2e::nodes::BUSYBOX_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "volumeMounts": [{ "name": "creds", "mountPath": "/etc/creds", "readOnly": true }],
+            }],
+            "volumes": [{ "name": "creds", "secret": { "secretName": first.names.secret } }],
+            "terminationGracePeriodSeconds": 0,
+        }))?;
+    e2e::nodes::on_real_nodes(&mut spec);
+    let holder = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("mounts-kubeconfig".into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        ..Default::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(scene.cluster1.clone(), &ns_name);
+    pods.create(&PostParams::default(), &holder).await?;
+    let running = e2e::support::wait_for(
+        &pods,
+        "mounts-kubeconfig",
+        Duration::from_secs(60),
+        |p: Option<&Pod>| p.and_then(common::phase) == Some("Running"),
+    )
+    .await?
+    .context("the pod is gone")?;
+    let uid = running.metadata.uid.context("uid")?;
+    let node_name = running
+        .spec
+        .and_then(|s| s.node_name)
+        .context("not bound")?;
+    let testbed = env.testbed()?;
+    let node = testbed
+        .cluster("cluster1")?
+        .real_nodes
+        .iter()
+        .find(|n| n.name == node_name)
+        .context("not on a real node of the test bed")?;
+    let path = node.secret_volume(&uid, "creds").join("kubeconfig");
+    ensure!(path.is_file(), "the kubelet shows no {}", path.display());
+
+    let mut sync = scene.start_sync(&path, &scratch).await?;
+    let before = names("before", 1);
+    scene.create_proxies(&before, "1s").await?;
+    scene.all_succeed(&before, Duration::from_secs(30)).await?;
+
+    // Rotated: the kubelet updates the file, delegate-sync reloads it, the old token goes.
+    let old_text = std::fs::read_to_string(&path)?;
+    let rotated = scene.bootstrap(&scene.options(None, true)).await?;
+    ensure!(
+        rotated.replaced == [first.names.token_secret.clone()],
+        "{:?}",
+        rotated.replaced
+    );
+    let rotated_at = Instant::now();
+    let reloads = "delegate_sync_target_credential_reloads_total{cluster=\"cluster2\"}";
+    let mut file_changed = None;
+    common::wait_until(
+        "the kubelet's update reloaded",
+        Duration::from_secs(180),
+        async || {
+            if file_changed.is_none() && std::fs::read_to_string(&path)? != old_text {
+                file_changed = Some(rotated_at.elapsed());
+            }
+            Ok((scene.metric(reloads).await? < 1.0).then(|| "not yet".to_string()))
+        },
+    )
+    .await?;
+    let reloaded = rotated_at.elapsed();
+    bootstrap::revoke_replaced(&scene.options(None, true), &rotated, |_| {}).await?;
+    let after = names("after", 3);
+    scene.create_proxies(&after, "1s").await?;
+    scene.all_succeed(&after, Duration::from_secs(30)).await?;
+    sync.assert_running();
+    ensure!(
+        scene
+            .metric("delegate_sync_api_errors_total{cluster=\"cluster2\"}")
+            .await?
+            == 0.0,
+        "calls to cluster2 failed:\n{}",
+        sync.log_tail(40)
+    );
+    common::report(
+        "credentials_kubelet",
+        &serde_json::json!({
+            "secret_updated_to_file_changed_seconds": file_changed.map(|d| d.as_secs_f64()),
+            "secret_updated_to_reloaded_seconds": reloaded.as_secs_f64(),
         }),
     );
     sync.stop(Duration::from_secs(10));

@@ -46,6 +46,17 @@ pub struct RealNodeState {
     pub processes: Vec<ProcessRecord>,
 }
 
+impl RealNodeState {
+    /// Where the kubelet keeps the files of a pod's Secret volume.
+    pub fn secret_volume(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        self.dir
+            .join("kubelet/pods")
+            .join(pod_uid)
+            .join("volumes/kubernetes.io~secret")
+            .join(volume)
+    }
+}
+
 /// Where a node keeps what it makes.
 pub struct Layout {
     pub dir: PathBuf,
