@@ -51,8 +51,8 @@ pub struct BootstrapArgs {
     #[arg(long, env = "CERTS_ROTATE")]
     rotate: bool,
     /// With --rotate: how long the old tokens stay valid after the new kubeconfig is written.
-    /// The kubelet updates a mounted Secret at its next sync of the pod (up to about a minute;
-    /// 45 s measured on the test bed), and delegate-sync reads the file within 10 s.
+    /// The kubelet updates a mounted Secret at its next sync of the pod (45–65 s measured on the
+    /// test bed), and delegate-sync reads the file within 10 s.
     #[arg(long, env = "CERTS_ROTATE_GRACE", default_value = "2m", value_parser = contract::parse_duration)]
     rotate_grace: Duration,
     /// Show what would be done; the API servers validate every write (dryRun=All) and keep none.

@@ -22,7 +22,8 @@ pub struct Args {
     #[arg(long, env = "DELEGATE_SYNC_CONTEXT")]
     pub context: Option<String>,
     /// A target cluster: NAME=KUBECONFIG[#CONTEXT]; NAME=self targets the source cluster.
-    /// Repeat, or separate with commas. Adds to the targets of --config.
+    /// Repeat, or separate with commas. Adds to the targets of --config. The file is read
+    /// again when it changes (a rotated Secret), no restart needed.
     #[arg(
         long = "target",
         env = "DELEGATE_SYNC_TARGETS",

@@ -295,6 +295,9 @@ impl Notice {
     }
 }
 
+/// What [`Keeper::seen`] holds while the file cannot be read (no kubeconfig text is this).
+const UNREADABLE: &str = "\0unreadable";
+
 /// A target's kubeconfig file and what was made of it.
 struct Keeper {
     target: String,
@@ -370,9 +373,9 @@ impl Keeper {
                     path: self.path.clone(),
                     source,
                 };
-                // Reported once per change of what is read.
-                if self.seen.as_deref() != Some("") {
-                    self.seen = Some(String::new());
+                // Reported once, until the file is there again.
+                if self.seen.as_deref() != Some(UNREADABLE) {
+                    self.seen = Some(UNREADABLE.to_string());
                     self.refuse(error).await;
                 }
                 return;
