@@ -197,3 +197,7 @@ pub fn parse_duration(text: &str) -> Result<core::time::Duration, alloc::string:
     }
     Ok(core::time::Duration::from_secs(total))
 }
+
+/// Namespace label (value `true`) of a source cluster: delegate-sync copies the ConfigMaps and
+/// Secrets its pods reference into their delegates' namespaces (with `--copy-references`).
+pub const COPY_REFERENCES_LABEL: &str = "multicluster.admiralty.io/copy-references";

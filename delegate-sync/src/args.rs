@@ -63,6 +63,15 @@ pub struct Args {
     /// on a proxy shows it (needs pods/exec in the source and pods/log in targets).
     #[arg(long, env = "DELEGATE_SYNC_LOG_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_relay: bool,
+    /// Create a delegate's namespace in its target when missing (labelled as made by
+    /// delegate-sync, deleted by it once it holds nothing).
+    #[arg(long, env = "DELEGATE_SYNC_CREATE_NAMESPACES")]
+    pub create_namespaces: bool,
+    /// Make what a pod references in its delegate's target: its ServiceAccount (no token), and
+    /// copies of its ConfigMaps and Secrets when its namespace is labelled
+    /// multicluster.admiralty.io/copy-references=true (needs read access to them here).
+    #[arg(long, env = "DELEGATE_SYNC_COPY_REFERENCES")]
+    pub copy_references: bool,
     /// Run only while holding a Lease, so that several replicas are safe (one works, the
     /// others wait to take over).
     #[arg(long, env = "DELEGATE_SYNC_LEADER_ELECT")]
@@ -207,6 +216,8 @@ pub struct Config {
     pub concurrency: u16,
     pub max_log_streams: usize,
     pub log_relay: bool,
+    /// What is made in targets for the pods delegated there.
+    pub copies: crate::copies::Settings,
     /// None: no leader election (one replica).
     pub leader_election: Option<crate::leader::LeaseSettings>,
     pub admin_address: std::net::SocketAddr,
@@ -226,6 +237,8 @@ impl Args {
             concurrency,
             max_log_streams,
             log_relay,
+            create_namespaces,
+            copy_references,
             leader_elect,
             leader_election_namespace,
             leader_election_lease_name,
@@ -270,6 +283,10 @@ impl Args {
             concurrency,
             max_log_streams,
             log_relay,
+            copies: crate::copies::Settings {
+                create_namespaces,
+                copy_references,
+            },
             leader_election,
             admin_address,
         })

@@ -6,16 +6,20 @@
 //! - [`outcome`]: the result a terminal delegate gives its proxy.
 //! - [`controller`]: the reconciliation of proxies; [`targets`]: clients and caches per cluster;
 //!   [`credentials`]: target credentials reloaded and renewed while running.
+//! - [`needs`], [`copies`]: what a pod needs in its target (namespace, ServiceAccount,
+//!   ConfigMaps, Secrets), made there before its delegate.
 //! - [`logs`]: the delegates' logs, relayed into their proxies' containers.
 //! - [`quantity`]: Kubernetes quantities as exact integers.
 
 pub mod args;
 pub mod controller;
+pub mod copies;
 pub mod credentials;
 pub mod delegate;
 pub mod leader;
 pub mod logs;
 pub mod metrics;
+pub mod needs;
 pub mod outcome;
 pub mod placement;
 pub mod quantity;
@@ -45,6 +49,7 @@ pub async fn run(
         concurrency,
         max_log_streams,
         log_relay,
+        copies,
         leader_election,
         admin_address,
     } = config;
@@ -127,7 +132,10 @@ pub async fn run(
             cluster_lost_timeout,
             concurrency,
         },
-        log_relay.then_some(max_log_streams),
+        controller::Features {
+            max_log_streams: log_relay.then_some(max_log_streams),
+            copies,
+        },
         metrics,
     ));
     controller::run(

@@ -35,6 +35,8 @@ use crate::{
 pub struct Target {
     pub name: String,
     pub client: Client,
+    /// The source cluster itself (`NAME=self`): its pods' references are there already.
+    pub is_source: bool,
     pub nodes: Store<Node>,
     pub pods: Store<Pod>,
     pub delegates: Store<Pod>,
@@ -278,6 +280,7 @@ impl Target {
             Self {
                 name: spec.name.clone(),
                 client,
+                is_source: spec.kubeconfig.is_none(),
                 nodes,
                 pods,
                 delegates,

@@ -395,6 +395,7 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         concurrency: 16,
         max_log_streams: 100,
         log_relay: true,
+        copies: Default::default(),
         admin_address: admin,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -19,7 +19,7 @@ use super::{
     result,
 };
 use crate::{
-    delegate,
+    copies, delegate,
     targets::{Target, bounded},
     task_results::{self, Step},
 };
@@ -55,6 +55,38 @@ pub async fn run(
     }
 }
 
+/// What the pod needs in the target ([`copies::prepare`]); Err: the delegate waits, with a
+/// Warning Event saying why.
+async fn needs_made(
+    proxy: &Proxy,
+    manifest: &Value,
+    target: &Target,
+    context: &Context,
+) -> Result<Result<copies::Made, Action>, Error> {
+    if target.is_source || context.copies == copies::Settings::default() {
+        return Ok(Ok(copies::Made::default()));
+    }
+    let needs = crate::needs::of(manifest);
+    let prepared = copies::prepare(
+        context.copies,
+        &context.source,
+        &context.cluster_name,
+        target,
+        proxy.namespace(),
+        &needs,
+    )
+    .await
+    .map_err(Error::on(target))?;
+    match prepared {
+        Ok(made) => Ok(Ok(made)),
+        Err(wait) => {
+            let note = format!("delegate {} waits: {wait}", proxy.delegate_name);
+            publish(context, &proxy.pod, EventType::Warning, wait.reason(), note).await;
+            Ok(Err(Action::requeue(Duration::from_secs(10))))
+        }
+    }
+}
+
 async fn create(
     proxy: &Proxy,
     manifest: &Value,
@@ -74,12 +106,20 @@ async fn create(
             return result::reject(proxy, context, &why).await;
         }
     };
+    let made = match needs_made(proxy, manifest, target, context).await? {
+        Ok(made) => made,
+        Err(action) => return Ok(action),
+    };
     let delegates: Api<Pod> = Api::namespaced(target.client.clone(), proxy.namespace());
     match bounded(delegates.create(&PostParams::default(), &delegate)).await {
         // At once, before the delegate's executor can write a result its cluster would collect.
         Ok(created) => {
             if let Some(step) = step {
                 follow::claim_task_result(&proxy.pod, &created, step, target, context).await;
+            }
+            // Failing here only delays it: the refresh adopts copies whose owner is missing.
+            if let Err(e) = copies::adopt(target, &created, &made).await {
+                tracing::warn!(target = %target.name, delegate = %delegate_name, "copies not adopted yet: {e}");
             }
         }
         Err(e) if api_code(&e) == Some(409) => {}

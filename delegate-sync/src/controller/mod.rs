@@ -101,6 +101,15 @@ pub struct Timing {
     pub concurrency: u16,
 }
 
+/// What delegate-sync does besides delegating, as configured.
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    /// None: no log relay; Some(n): at most n live streams.
+    pub max_log_streams: Option<usize>,
+    /// What is made in targets for the pods delegated there.
+    pub copies: crate::copies::Settings,
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     pub cluster_name: String,
@@ -118,6 +127,8 @@ pub struct Context {
     argo_completed_seen: Mutex<HashMap<String, Instant>>,
     /// The delegates' logs, relayed into their proxies.
     pub relays: crate::logs::Relays,
+    /// What is made in targets for the pods delegated there.
+    pub copies: crate::copies::Settings,
     /// Proxies whose relay ended, for `run` to reconcile again (taken once).
     relay_ended: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
 }
@@ -129,9 +140,13 @@ impl Context {
         targets: Vec<Target>,
         key: ManifestKey,
         timing: Timing,
-        max_log_streams: Option<usize>,
+        features: Features,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let Features {
+            max_log_streams,
+            copies,
+        } = features;
         let reporter = Reporter {
             controller: "delegate-sync".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -154,6 +169,7 @@ impl Context {
             in_flight: Mutex::default(),
             argo_completed_seen: Mutex::default(),
             relays,
+            copies,
             relay_ended: Mutex::new(Some(relay_ended)),
         }
     }
@@ -206,6 +222,7 @@ pub async fn run(
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
     let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
+    let refreshing = tokio::spawn(refresh_copies(context.clone()));
     let relay_ended = match context.relay_ended.lock().ok().and_then(|mut r| r.take()) {
         Some(mut ended) => futures::stream::poll_fn(move |cx| ended.poll_recv(cx)).boxed(),
         None => futures::stream::empty().boxed(),
@@ -238,6 +255,21 @@ pub async fn run(
         })
         .await;
     sweeping.abort();
+    refreshing.abort();
+}
+
+/// Keeps what was made in targets current ([`crate::copies::refresh`]), while leading.
+async fn refresh_copies(context: Arc<Context>) {
+    let settings = context.copies;
+    if settings == crate::copies::Settings::default() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(crate::copies::REFRESH_EVERY).await;
+        for target in context.targets.iter().filter(|t| !t.is_source) {
+            crate::copies::refresh(settings, &context.source, &context.cluster_name, target).await;
+        }
+    }
 }
 
 /// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications

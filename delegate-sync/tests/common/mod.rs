@@ -85,6 +85,7 @@ impl Controller {
             concurrency: 16,
             max_log_streams: 100,
             log_relay: true,
+            copies: Default::default(),
             admin_address: admin,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

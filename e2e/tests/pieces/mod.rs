@@ -113,6 +113,7 @@ pub async fn start_with_timeout(
         concurrency: 16,
         max_log_streams: 100,
         log_relay: true,
+        copies: Default::default(),
         admin_address: "127.0.0.1:0".parse().unwrap(),
     };
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
