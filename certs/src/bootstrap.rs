@@ -56,6 +56,10 @@ pub struct Options {
     /// A new long-lived token Secret (the kubeconfig is written with it); the ones it replaces
     /// are listed in the report for [`revoke_replaced`].
     pub rotate: bool,
+    /// Grant what delegate-sync's `--copy-references` does in the target.
+    pub copies: bool,
+    /// Grant what delegate-sync's `--create-namespaces` does in the target.
+    pub create_namespaces: bool,
     pub dry_run: bool,
 }
 
@@ -290,6 +294,11 @@ pub async fn bootstrap_target(
     run.apply_cluster(&target, &names.cluster_role()).await?;
     run.apply_cluster(&target, &names.cluster_role_binding())
         .await?;
+    let copies_rules = objects::copies_rules(options.copies, options.create_namespaces);
+    if let Some((role, binding)) = names.copies_cluster_role(copies_rules) {
+        run.apply_cluster(&target, &role).await?;
+        run.apply_cluster(&target, &binding).await?;
+    }
     if let Some((account, role, binding)) = names.requester_objects() {
         run.apply_namespaced(in_target, &names.target_namespace, &account)
             .await?;
@@ -953,6 +962,8 @@ mod tests {
             token_timeout: DEFAULT_TOKEN_TIMEOUT,
             token_lifetime: None,
             rotate: false,
+            copies: false,
+            create_namespaces: false,
             dry_run: false,
         }
     }

@@ -55,6 +55,14 @@ pub struct BootstrapArgs {
     /// test bed), and delegate-sync reads the file within 10 s.
     #[arg(long, env = "CERTS_ROTATE_GRACE", default_value = "2m", value_parser = contract::parse_duration)]
     rotate_grace: Duration,
+    /// Also grant what delegate-sync's --copy-references does in the target: ServiceAccounts
+    /// created, ConfigMaps and Secrets copied (a second ClusterRole, `<cluster role>-copies`).
+    #[arg(long, env = "CERTS_COPIES")]
+    copies: bool,
+    /// Also grant what delegate-sync's --create-namespaces does in the target: namespaces
+    /// created, and deleted once they hold nothing.
+    #[arg(long, env = "CERTS_CREATE_NAMESPACES")]
+    create_namespaces: bool,
     /// Show what would be done; the API servers validate every write (dryRun=All) and keep none.
     #[arg(long, env = "CERTS_DRY_RUN")]
     dry_run: bool,
@@ -75,6 +83,8 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         token_lifetime,
         rotate,
         rotate_grace,
+        copies,
+        create_namespaces,
         dry_run,
     } = args;
     if token_lifetime.is_some_and(|l| l.is_zero()) {
@@ -93,6 +103,8 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
         token_timeout: Duration::from_secs(token_timeout_seconds),
         token_lifetime,
         rotate,
+        copies,
+        create_namespaces,
         dry_run,
     };
     let report = bootstrap::bootstrap_target(&options, |step| println!("certs: {step}"))

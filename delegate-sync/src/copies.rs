@@ -81,10 +81,6 @@ pub enum Wait {
         target: String,
         message: String,
     },
-    #[error(
-        "namespace {namespace} does not exist in {target} (delegate-sync creates it with --create-namespaces)"
-    )]
-    NoNamespace { namespace: String, target: String },
 }
 
 impl Wait {
@@ -94,7 +90,6 @@ impl Wait {
             Self::Missing { .. } => "ReferenceMissing",
             Self::Conflict { .. } => "CopyConflict",
             Self::Refused { .. } => "CopyRefused",
-            Self::NoNamespace { .. } => "NamespaceMissing",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! proxy's delegate in cluster2 and the proxy ends Succeeded.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -105,14 +105,16 @@ fn step(context: &str, kind: &str, outcome: Outcome) -> (String, String, Outcome
     (context.into(), kind.into(), outcome)
 }
 
-/// The ClusterRole rules of the target chart, rendered by helm.
-fn chart_rules(dir: &Path) -> anyhow::Result<Value> {
+/// The rules of the target chart's ClusterRoles, rendered by helm with `sets`, in the order
+/// rendered (the main one first).
+fn rendered_rules(dir: &Path, sets: &[&str]) -> anyhow::Result<Vec<Value>> {
     let helm = workspace_target_dir().join("tools/bin/helm");
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/target");
     let home = dir.join("helm");
     let out = Command::new(helm)
         .args(["template", "t", chart.to_str().context("path")?])
         .args(["--namespace", "ns"])
+        .args(sets.iter().flat_map(|s| ["--set", s]))
         .env("HELM_CACHE_HOME", home.join("cache"))
         .env("HELM_CONFIG_HOME", home.join("config"))
         .env("HELM_DATA_HOME", home.join("data"))
@@ -125,11 +127,72 @@ fn chart_rules(dir: &Path) -> anyhow::Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout)?)?;
-    let role = docs
+    Ok(docs
         .into_iter()
-        .find(|d| d["kind"] == json!("ClusterRole"))
-        .context("the target chart renders no ClusterRole")?;
-    Ok(role["rules"].clone())
+        .filter(|d| d["kind"] == json!("ClusterRole"))
+        .map(|d| d["rules"].clone())
+        .collect())
+}
+
+/// The rules of the target chart's main ClusterRole.
+fn chart_rules(dir: &Path) -> anyhow::Result<Value> {
+    rendered_rules(dir, &[])?
+        .into_iter()
+        .next()
+        .context("the target chart renders no ClusterRole")
+}
+
+/// A rule set comparable whatever the order of rules and verbs.
+fn rule_set(rules: &Value) -> BTreeSet<(String, Vec<String>)> {
+    rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|rule| {
+            let resources = rule["resources"].to_string();
+            let mut verbs: Vec<String> = rule["verbs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+                .collect();
+            verbs.sort();
+            (resources, verbs)
+        })
+        .collect()
+}
+
+#[test]
+fn certs_grants_what_the_target_chart_grants_for_copies_and_namespaces() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(unique_name("bootstrap-copies"));
+    std::fs::create_dir_all(&dir)?;
+    let checked = (|| {
+        for (copies, namespaces) in [(true, false), (false, true), (true, true)] {
+            let sets = [
+                format!("copies.enabled={copies}"),
+                format!("copies.createNamespaces={namespaces}"),
+            ];
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let rendered = rendered_rules(&dir, &sets)?;
+            ensure!(
+                rendered.len() == 2,
+                "{} ClusterRoles rendered",
+                rendered.len()
+            );
+            let ours =
+                serde_json::to_value(certs::bootstrap::objects::copies_rules(copies, namespaces))?;
+            ensure!(
+                rule_set(&ours) == rule_set(&rendered[1]),
+                "copies={copies} createNamespaces={namespaces}: certs {ours} chart {}",
+                rendered[1]
+            );
+        }
+        ensure!(rendered_rules(&dir, &[])?.len() == 1);
+        ensure!(certs::bootstrap::objects::copies_rules(false, false).is_empty());
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    checked
 }
 
 /// May the user of `client` do `verb` on `resource` (in `namespace`)?
@@ -216,6 +279,8 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         token_timeout: Duration::from_secs(60),
         token_lifetime: None,
         rotate: false,
+        copies: false,
+        create_namespaces: false,
         dry_run: true,
     };
     let names = bootstrap::plan(&options)?;

@@ -131,6 +131,8 @@ impl Scene {
             token_timeout: Duration::from_secs(60),
             token_lifetime: lifetime,
             rotate,
+            copies: false,
+            create_namespaces: false,
             dry_run: false,
         }
     }

@@ -56,6 +56,43 @@ pub fn requester_name(service_account: &str) -> String {
     format!("{service_account}-requester")
 }
 
+/// What delegate-sync does in a target with `--copy-references` (`copies`: the pod's
+/// ServiceAccount and copies of its ConfigMaps and Secrets) and `--create-namespaces`
+/// (`namespaces`: namespaces it makes, deleted once they hold nothing): the rules of the target
+/// chart's `copies` ClusterRole (`charts/target/templates/copies.yaml`). Empty when neither.
+pub fn copies_rules(copies: bool, namespaces: bool) -> Vec<PolicyRule> {
+    let rule = |resource: &str, verbs: Vec<&str>| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.to_string()]),
+        verbs: verbs.into_iter().map(str::to_string).collect(),
+        ..Default::default()
+    };
+    let mut rules = Vec::new();
+    if namespaces {
+        rules.push(rule("namespaces", vec!["get", "create", "list", "delete"]));
+    }
+    let mut objects = Vec::new();
+    if copies {
+        objects.extend(["get", "create", "update", "patch", "delete"]);
+    }
+    if namespaces {
+        objects.push("list");
+    }
+    if !objects.is_empty() {
+        rules.push(rule("configmaps", objects.clone()));
+        rules.push(rule("secrets", objects));
+        let mut accounts = Vec::new();
+        if copies {
+            accounts.extend(["get", "create"]);
+        }
+        if namespaces {
+            accounts.push("list");
+        }
+        rules.push(rule("serviceaccounts", accounts));
+    }
+    rules
+}
+
 /// The names of everything written, decided from the options before any call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -138,12 +175,38 @@ impl Names {
     }
 
     pub fn cluster_role_binding(&self) -> ClusterRoleBinding {
+        self.binding_to(&self.cluster_role)
+    }
+
+    /// `<cluster role>-copies`: what `--copy-references` and `--create-namespaces` need.
+    pub fn copies_cluster_role_name(&self) -> String {
+        format!("{}-copies", self.cluster_role)
+    }
+
+    /// The copies ClusterRole and its binding, when `rules` is not empty.
+    pub fn copies_cluster_role(
+        &self,
+        rules: Vec<PolicyRule>,
+    ) -> Option<(ClusterRole, ClusterRoleBinding)> {
+        if rules.is_empty() {
+            return None;
+        }
+        let name = self.copies_cluster_role_name();
+        let role = ClusterRole {
+            metadata: self.meta(&name, None),
+            rules: Some(rules),
+            ..Default::default()
+        };
+        Some((role, self.binding_to(&name)))
+    }
+
+    fn binding_to(&self, cluster_role: &str) -> ClusterRoleBinding {
         ClusterRoleBinding {
-            metadata: self.meta(&self.cluster_role, None),
+            metadata: self.meta(cluster_role, None),
             role_ref: RoleRef {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: "ClusterRole".into(),
-                name: self.cluster_role.clone(),
+                name: cluster_role.to_string(),
             },
             subjects: Some(vec![Subject {
                 kind: "ServiceAccount".into(),
