@@ -419,9 +419,19 @@ fn immutable<K: Serialize>(object: &K) -> bool {
 /// nothing. Errors are logged; the next pass tries again.
 pub async fn refresh(settings: Settings, source: &Client, source_cluster: &str, target: &Target) {
     if settings.copy_references {
-        for delegate in target.delegates.state() {
-            if let Err(e) = refresh_delegate(source, source_cluster, target, &delegate).await {
-                tracing::warn!(target = %target.name, delegate = %delegate.name_any(), "copies not refreshed: {e}");
+        for ((namespace, kind, name), delegates) in referenced(target) {
+            let scene = Scene {
+                source,
+                source_cluster,
+                target,
+                namespace: &namespace,
+            };
+            let refreshed = match kind {
+                Kind::ConfigMap => scene.refresh_one::<ConfigMap>(&name, &delegates).await,
+                Kind::Secret => scene.refresh_one::<Secret>(&name, &delegates).await,
+            };
+            if let Err(e) = refreshed {
+                tracing::warn!(target = %target.name, %namespace, %name, "copy not refreshed: {e}");
             }
         }
     }
@@ -432,46 +442,45 @@ pub async fn refresh(settings: Settings, source: &Client, source_cluster: &str, 
     }
 }
 
-async fn refresh_delegate(
-    source: &Client,
-    source_cluster: &str,
-    target: &Target,
-    delegate: &Pod,
-) -> Result<(), kube::Error> {
-    let namespace = delegate.namespace().unwrap_or_default();
-    let needs = crate::needs::of(&serde_json::to_value(delegate).map_err(kube::Error::SerdeError)?);
-    let scene = Scene {
-        source,
-        source_cluster,
-        target,
-        namespace: &namespace,
-    };
-    let uid = delegate.uid().unwrap_or_default();
-    let mut adopt = Made::default();
-    for name in needs.config_maps.keys() {
-        if scene.refresh_one::<ConfigMap>(name, &uid).await? {
-            adopt.config_maps.push(name.clone());
-        }
-    }
-    for name in needs.secrets.keys() {
-        if scene.refresh_one::<Secret>(name, &uid).await? {
-            adopt.secrets.push(name.clone());
-        }
-    }
-    adopt_missing(target, delegate, &adopt).await
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    ConfigMap,
+    Secret,
 }
 
-async fn adopt_missing(target: &Target, delegate: &Pod, made: &Made) -> Result<(), kube::Error> {
-    if made.config_maps.is_empty() && made.secrets.is_empty() {
-        return Ok(());
+/// Every ConfigMap and Secret the target's delegates reference, once each, with the delegates
+/// that reference it: one pass costs a read per object, however many pods share it.
+fn referenced(target: &Target) -> BTreeMap<(String, Kind, String), Vec<std::sync::Arc<Pod>>> {
+    let mut objects: BTreeMap<(String, Kind, String), Vec<std::sync::Arc<Pod>>> = BTreeMap::new();
+    for delegate in target.delegates.state() {
+        let Ok(pod) = serde_json::to_value(&*delegate) else {
+            continue;
+        };
+        let namespace = delegate.namespace().unwrap_or_default();
+        let needs = crate::needs::of(&pod);
+        let keys = needs
+            .config_maps
+            .into_keys()
+            .map(|name| (Kind::ConfigMap, name))
+            .chain(needs.secrets.into_keys().map(|name| (Kind::Secret, name)));
+        for (kind, name) in keys {
+            objects
+                .entry((namespace.clone(), kind, name))
+                .or_default()
+                .push(delegate.clone());
+        }
     }
-    adopt(target, delegate, made).await
+    objects
 }
 
 impl Scene<'_> {
-    /// Updates the copy of `name` if its source changed; true when the copy lacks the owner
-    /// `uid`. Objects delegate-sync did not make, and sources gone, are left as they are.
-    async fn refresh_one<K>(&self, name: &str, uid: &str) -> Result<bool, kube::Error>
+    /// Updates the copy of `name` if its source changed, and makes every one of `delegates`
+    /// its owner. Objects delegate-sync did not make, and sources gone, are left as they are.
+    async fn refresh_one<K>(
+        &self,
+        name: &str,
+        delegates: &[std::sync::Arc<Pod>],
+    ) -> Result<(), kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -481,22 +490,28 @@ impl Scene<'_> {
     {
         let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
         let Some(existing) = bounded(copies.get_opt(name)).await? else {
-            return Ok(false);
+            return Ok(());
         };
         if !self.ours(existing.meta()) {
-            return Ok(false);
+            return Ok(());
         }
         let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
         if let Some(original) = bounded(source.get_opt(name)).await? {
             update(&copies, &original, &existing).await?;
         }
-        let owned = existing
+        let owners: Vec<&str> = existing
             .meta()
             .owner_references
             .iter()
             .flatten()
-            .any(|o| o.uid == uid);
-        Ok(!owned)
+            .map(|o| o.uid.as_str())
+            .collect();
+        for delegate in delegates {
+            if !owners.contains(&delegate.uid().unwrap_or_default().as_str()) {
+                add_owner::<K>(&self.target.client, self.namespace, name, delegate).await?;
+            }
+        }
+        Ok(())
     }
 }
 
