@@ -114,6 +114,19 @@ fn render(
         &format!("{}.values.json", unique_name(chart_name)),
         &values.to_string(),
     )?;
+    render_file(scratch, chart_name, release, namespace, kube_version, &file)
+        .with_context(|| format!("values {values}"))
+}
+
+/// `helm template` of a chart with a values file, as documents.
+fn render_file(
+    scratch: &Scratch,
+    chart_name: &str,
+    release: &str,
+    namespace: &str,
+    kube_version: &str,
+    values: &Path,
+) -> anyhow::Result<Vec<Value>> {
     let chart = chart(chart_name);
     let out = helm(
         scratch,
@@ -126,10 +139,13 @@ fn render(
             "--kube-version",
             kube_version,
             "--values",
-            file.to_str().context("values path")?,
+            values.to_str().context("values path")?,
         ],
     )?;
-    let yaml = succeed(out, &format!("helm template {chart_name} with {values}"))?;
+    let yaml = succeed(
+        out,
+        &format!("helm template {chart_name} -f {}", values.display()),
+    )?;
     let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml)
         .with_context(|| format!("rendered {chart_name} is not YAML:\n{yaml}"))?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
@@ -267,6 +283,12 @@ fn dry_run(
 
 /// No RBAC rule of any rendered role grants a wildcard, or Secrets other than by name.
 fn assert_no_wildcards(docs: &[Value]) -> anyhow::Result<()> {
+    assert_no_wildcards_but(docs, |_| false)
+}
+
+/// As [`assert_no_wildcards`], but the roles `copies` picks may reach Secrets by kind (what
+/// --copy-references needs, opt-in; their exact rules are the caller's to check).
+fn assert_no_wildcards_but(docs: &[Value], copies: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
     for role in docs
         .iter()
         .filter(|d| matches!(kind_of(d), "Role" | "ClusterRole"))
@@ -280,7 +302,7 @@ fn assert_no_wildcards(docs: &[Value]) -> anyhow::Result<()> {
                     name_of(role)
                 );
             }
-            if strings(&rule["resources"]).contains(&"secrets") {
+            if strings(&rule["resources"]).contains(&"secrets") && !copies(role) {
                 ensure!(
                     !strings(&rule["resourceNames"]).is_empty(),
                     "{} {} reaches every Secret: {rule}",
@@ -394,6 +416,12 @@ fn merge(base: &mut Value, extra: Value) {
     }
 }
 
+/// `base` with `extra` merged in.
+fn merged(mut base: Value, extra: Value) -> Value {
+    merge(&mut base, extra);
+    base
+}
+
 fn delegate_sync_values(targets: Value) -> Value {
     json!({
         "clusterName": "cluster1",
@@ -433,10 +461,24 @@ fn every_chart_passes_helm_lint_strict() -> anyhow::Result<()> {
             "delegate-sync",
             log_relay_values(json!({ "enabled": false, "maxStreams": 0 })),
         ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({ "enabled": true })),
+                json!({
+                    "createNamespaces": true,
+                    "copyReferences": { "namespaces": ["blog", "shop"] },
+                }),
+            ),
+        ),
         ("target", json!({ "namespaces": ["blog"] })),
         (
             "target",
             json!({ "tokenRequest": { "enabled": true, "expirationSeconds": 600 } }),
+        ),
+        (
+            "target",
+            json!({ "copies": { "enabled": true, "createNamespaces": true } }),
         ),
     ];
     for (chart_name, values) in cases {
@@ -459,6 +501,92 @@ fn every_chart_passes_helm_lint_strict() -> anyhow::Result<()> {
             out,
             &format!("helm lint --strict {chart_name} with {values}"),
         )?;
+    }
+    Ok(())
+}
+
+/// Each chart's `ci/*-values.yaml` (the files chart-testing's `ct lint` installs the chart
+/// with): `helm lint --strict -f` and `helm template -f` pass with every one of them, each
+/// chart has one, and the delegate-sync and target charts have one that turns the copies on.
+#[test]
+fn every_chart_lints_and_templates_with_each_of_its_ci_values_files() -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    for chart_name in ["webhook", "delegate-sync", "target"] {
+        let chart = chart(chart_name);
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(chart.join("ci"))
+            .with_context(|| format!("{chart_name} has no ci/ directory"))?
+        {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("file name")?
+                .to_string();
+            // chart-testing only reads ci/*-values.yaml: anything else there is silently unused.
+            ensure!(
+                name.ends_with("-values.yaml"),
+                "{chart_name}/ci/{name}: chart-testing only reads *-values.yaml"
+            );
+            files.push(path);
+        }
+        files.sort();
+        ensure!(!files.is_empty(), "{chart_name}/ci/ holds no values file");
+        let mut copies = false;
+        for file in &files {
+            let what = format!("{chart_name} -f {}", file.display());
+            let out = helm(
+                &scratch,
+                &[
+                    "lint",
+                    "--strict",
+                    chart.to_str().context("path")?,
+                    "--values",
+                    file.to_str().context("path")?,
+                ],
+            )?;
+            succeed(out, &format!("helm lint --strict {what}"))?;
+            let docs = render_file(
+                &scratch,
+                chart_name,
+                "ci",
+                "multicluster",
+                TEMPLATE_KUBE_VERSION,
+                file,
+            )?;
+            ensure!(!docs.is_empty(), "{what} renders nothing");
+            match chart_name {
+                "delegate-sync" => {
+                    let deployment = find(&docs, "Deployment", "ci-delegate-sync")?;
+                    let args = args(&deployment["spec"]["template"]["spec"]["containers"][0]);
+                    let on = args.contains(&"--copy-references");
+                    ensure!(
+                        on == args.contains(&"--create-namespaces"),
+                        "{what}: turn both copies options on, or neither: {args:?}"
+                    );
+                    ensure!(
+                        on == find(&docs, "Role", "ci-delegate-sync-copy-references").is_ok(),
+                        "{what}: --copy-references without its Roles, or the reverse"
+                    );
+                    copies |= on;
+                    assert_no_wildcards_but(&docs, |role| {
+                        name_of(role) == "ci-delegate-sync-copy-references"
+                    })
+                    .with_context(|| what.clone())?;
+                }
+                "target" => {
+                    let name = "multicluster-ci-target-copies";
+                    copies |= find(&docs, "ClusterRole", name).is_ok();
+                    assert_no_wildcards_but(&docs, |role| name_of(role) == name)
+                        .with_context(|| what.clone())?;
+                }
+                _ => assert_no_wildcards(&docs).with_context(|| what.clone())?,
+            }
+        }
+        ensure!(
+            chart_name == "webhook" || copies,
+            "no ci/ values file of {chart_name} turns the copies on"
+        );
     }
     Ok(())
 }
@@ -573,6 +701,70 @@ fn schemas_and_templates_refuse_mistakes_with_a_clear_message() -> anyhow::Resul
             "target",
             json!({ "tokenRequest": { "lifetime": "1h" } }),
             "additional properties 'lifetime'",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "createNamespaces": "yes" }),
+            ),
+            "/createNamespaces",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "copyReferences": ["blog"] }),
+            ),
+            "/copyReferences",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "copyReferences": { "namespaces": "blog" } }),
+            ),
+            "/copyReferences/namespaces",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "copyReferences": { "namespaces": ["blog", "Not A Name"] } }),
+            ),
+            "/copyReferences/namespaces/1",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "copyReferences": { "namespaces": ["blog", "blog"] } }),
+            ),
+            "/copyReferences/namespaces",
+        ),
+        (
+            "delegate-sync",
+            merged(
+                log_relay_values(json!({})),
+                json!({ "copyReferences": { "enabled": true, "namespaces": ["blog"] } }),
+            ),
+            "additional properties 'enabled'",
+        ),
+        (
+            "target",
+            json!({ "copies": { "enabled": "yes" } }),
+            "/copies/enabled",
+        ),
+        (
+            "target",
+            json!({ "copies": { "createNamespaces": 1 } }),
+            "/copies/createNamespaces",
+        ),
+        ("target", json!({ "copies": true }), "/copies"),
+        (
+            "target",
+            json!({ "copies": { "namespaces": ["blog"] } }),
+            "additional properties 'namespaces'",
         ),
     ];
     for (chart_name, values, expected) in cases {
@@ -1886,6 +2078,456 @@ fn target_chart_token_request_renders_what_certs_bootstrap_writes() -> anyhow::R
             "{token}"
         );
     }
+    Ok(())
+}
+
+/// The delegate-sync chart's copy options: `createNamespaces` only passes
+/// `--create-namespaces` (it acts in targets only); `copyReferences.namespaces` passes
+/// `--copy-references`, adds get of namespaces to the ClusterRole (the opt-in label) and, in
+/// each listed namespace and nowhere else, a Role reading its ConfigMaps and Secrets bound to
+/// the chart's ServiceAccount. With the defaults, none of it: no rule on ConfigMaps, Secrets,
+/// ServiceAccounts or namespaces anywhere.
+#[test]
+fn delegate_sync_chart_reads_configmaps_and_secrets_of_listed_namespaces_only() -> anyhow::Result<()>
+{
+    let scratch = Scratch::new()?;
+    let namespace = "multicluster";
+    let fullname = "mc-delegate-sync";
+    let copy_role = format!("{fullname}-copy-references");
+    let cluster_role_name = format!("{namespace}-{fullname}");
+    let base = delegate_sync_values(json!([
+        { "name": "cluster1", "self": true },
+        { "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig" },
+    ]));
+    // The ClusterRole with a self target and the log relay (the defaults).
+    let cluster_rules = BTreeSet::from([
+        rule(
+            "",
+            "pods",
+            "",
+            &["get", "list", "watch", "patch", "create", "delete"],
+        ),
+        rule("", "nodes", "", &["get", "list", "watch"]),
+        rule(
+            "argoproj.io",
+            "workflowtaskresults",
+            "",
+            &["get", "create", "patch"],
+        ),
+        rule("events.k8s.io", "events", "", &["create", "patch"]),
+        rule("", "pods/exec", "", &["create", "get"]),
+        rule("", "pods/log", "", &["get"]),
+    ]);
+    let namespaces_get = rule("", "namespaces", "", &["get"]);
+    let copy_rules = BTreeSet::from([rule("", "configmaps,secrets", "", &["get"])]);
+
+    // (case, extra values, --create-namespaces, namespaces copied from, ServiceAccount, RBAC)
+    let cases = [
+        ("defaults", json!({}), false, vec![], fullname, true),
+        (
+            "createNamespaces",
+            json!({ "createNamespaces": true }),
+            true,
+            vec![],
+            fullname,
+            true,
+        ),
+        (
+            "copyReferences",
+            json!({ "copyReferences": { "namespaces": ["a", "b"] } }),
+            false,
+            vec!["a", "b"],
+            fullname,
+            true,
+        ),
+        (
+            "both, own ServiceAccount name",
+            json!({
+                "createNamespaces": true,
+                "copyReferences": { "namespaces": ["a", "b"] },
+                "serviceAccount": { "name": "ds" },
+            }),
+            true,
+            vec!["a", "b"],
+            "ds",
+            true,
+        ),
+        (
+            "copyReferences, empty list",
+            json!({ "createNamespaces": false, "copyReferences": { "namespaces": [] } }),
+            false,
+            vec![],
+            fullname,
+            true,
+        ),
+        (
+            "copyReferences without rbac.create",
+            json!({ "copyReferences": { "namespaces": ["a"] }, "rbac": { "create": false } }),
+            false,
+            vec!["a"],
+            fullname,
+            false,
+        ),
+    ];
+    for (case, extra, create_namespaces, copied, account, rbac) in cases {
+        let values = merged(base.clone(), extra);
+        let docs = render(
+            &scratch,
+            "delegate-sync",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &values,
+        )?;
+        let copy = !copied.is_empty();
+
+        // The flags, and the binary reads them so.
+        let deployment = find(&docs, "Deployment", fullname)?;
+        let args = args(&deployment["spec"]["template"]["spec"]["containers"][0]);
+        let copy_args: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| a.starts_with("--copy") || a.starts_with("--create"))
+            .collect();
+        let mut expected_args = Vec::new();
+        if create_namespaces {
+            expected_args.push("--create-namespaces");
+        }
+        if copy {
+            expected_args.push("--copy-references");
+        }
+        ensure!(copy_args == expected_args, "{case}: {args:?}");
+        let parsed = delegate_sync::args::Args::try_parse_from(
+            std::iter::once("delegate-sync").chain(args.iter().copied()),
+        )
+        .with_context(|| format!("{case}: delegate-sync refuses {args:?}"))?;
+        ensure!(
+            parsed.create_namespaces == create_namespaces && parsed.copy_references == copy,
+            "{case}: {parsed:?}"
+        );
+
+        if !rbac {
+            let roles: Vec<String> = docs
+                .iter()
+                .filter(|d| kind_of(d).contains("Role"))
+                .map(|d| format!("{}/{}", kind_of(d), name_of(d)))
+                .collect();
+            ensure!(
+                roles.is_empty(),
+                "{case}: rbac.create=false renders {roles:?}"
+            );
+            continue;
+        }
+
+        // The ClusterRole: get of namespaces only with copies.
+        let cluster_role = find(&docs, "ClusterRole", &cluster_role_name)?;
+        let mut expected = cluster_rules.clone();
+        if copy {
+            expected.insert(namespaces_get.clone());
+        }
+        ensure!(
+            rules(cluster_role) == expected,
+            "{case}: ClusterRole rules {}",
+            cluster_role["rules"]
+        );
+        ensure!(
+            all_of(&docs, "ClusterRole").len() == 1,
+            "{case}: one ClusterRole"
+        );
+
+        // Roles: the Lease's in the release namespace, one copy Role per listed namespace.
+        let mut roles: Vec<(String, String)> = all_of(&docs, "Role")
+            .iter()
+            .map(|r| {
+                (
+                    r["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .into(),
+                    name_of(r).into(),
+                )
+            })
+            .collect();
+        roles.sort();
+        let mut expected_roles =
+            vec![(namespace.to_string(), format!("{fullname}-leader-election"))];
+        expected_roles.extend(copied.iter().map(|n| (n.to_string(), copy_role.clone())));
+        expected_roles.sort();
+        ensure!(roles == expected_roles, "{case}: Roles {roles:?}");
+        let mut bindings: Vec<(String, String)> = all_of(&docs, "RoleBinding")
+            .iter()
+            .map(|r| {
+                (
+                    r["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .into(),
+                    name_of(r).into(),
+                )
+            })
+            .collect();
+        bindings.sort();
+        ensure!(
+            bindings == expected_roles,
+            "{case}: RoleBindings {bindings:?}"
+        );
+        for listed in &copied {
+            let in_listed =
+                |d: &&Value| name_of(d) == copy_role && d["metadata"]["namespace"] == json!(listed);
+            let role = all_of(&docs, "Role")
+                .into_iter()
+                .find(in_listed)
+                .with_context(|| format!("{case}: no Role {copy_role} in {listed}"))?;
+            ensure!(
+                rules(role) == copy_rules,
+                "{case}: Role {copy_role} in {listed}: {}",
+                role["rules"]
+            );
+            let binding = all_of(&docs, "RoleBinding")
+                .into_iter()
+                .find(in_listed)
+                .with_context(|| format!("{case}: no RoleBinding {copy_role} in {listed}"))?;
+            ensure!(
+                binding["roleRef"]
+                    == json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": copy_role }),
+                "{case}: {binding}"
+            );
+            ensure!(
+                binding["subjects"]
+                    == json!([{ "kind": "ServiceAccount", "name": account, "namespace": namespace }]),
+                "{case}: {binding}"
+            );
+        }
+
+        // Nothing else reads ConfigMaps, Secrets or ServiceAccounts, or reaches namespaces.
+        for role in all_of(&docs, "ClusterRole")
+            .into_iter()
+            .chain(all_of(&docs, "Role"))
+        {
+            let copy_role_here = kind_of(role) == "Role"
+                && name_of(role) == copy_role
+                && copied
+                    .iter()
+                    .any(|n| role["metadata"]["namespace"] == json!(n));
+            for rule in role["rules"].as_array().into_iter().flatten() {
+                for resource in strings(&rule["resources"]) {
+                    let allowed = match resource {
+                        "configmaps" | "secrets" => copy_role_here,
+                        "namespaces" => {
+                            copy && kind_of(role) == "ClusterRole"
+                                && name_of(role) == cluster_role_name
+                        }
+                        "serviceaccounts" => false,
+                        _ => true,
+                    };
+                    ensure!(
+                        allowed,
+                        "{case}: {} {} grants {rule}",
+                        kind_of(role),
+                        name_of(role)
+                    );
+                }
+            }
+        }
+        assert_no_wildcards_but(&docs, |role| {
+            kind_of(role) == "Role" && name_of(role) == copy_role
+        })
+        .with_context(|| case.to_string())?;
+    }
+    Ok(())
+}
+
+/// The target chart's `copies` ClusterRole, `<ClusterRole>-copies`: exactly what delegate-sync
+/// does in a target with --copy-references (`copies.enabled`), --create-namespaces
+/// (`copies.createNamespaces`) or both, the rules `certs bootstrap-target --copies
+/// --create-namespaces` writes, bound to the chart's ServiceAccount; nothing with the
+/// defaults, and the main ClusterRole never changes.
+#[test]
+fn target_chart_copies_cluster_role_grants_exactly_what_the_flags_need() -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let namespace = "multicluster";
+    let main_name = format!("{namespace}-mc-target");
+    let copies_name = format!("{main_name}-copies");
+    let main_rules = BTreeSet::from([
+        rule(
+            "",
+            "pods",
+            "",
+            &["create", "delete", "get", "list", "watch"],
+        ),
+        rule("", "pods/log", "", &["get"]),
+        rule("", "nodes", "", &["get", "list", "watch"]),
+        rule(
+            "argoproj.io",
+            "workflowtaskresults",
+            "",
+            &["get", "create", "patch"],
+        ),
+    ]);
+    let objects = ["get", "create", "update", "patch", "delete"];
+    let cases = [
+        ("defaults", json!({}), None),
+        (
+            "both off",
+            json!({ "copies": { "enabled": false, "createNamespaces": false } }),
+            None,
+        ),
+        (
+            "copies",
+            json!({ "copies": { "enabled": true } }),
+            Some((
+                true,
+                false,
+                BTreeSet::from([
+                    rule("", "configmaps", "", &objects),
+                    rule("", "secrets", "", &objects),
+                    rule("", "serviceaccounts", "", &["get", "create"]),
+                ]),
+            )),
+        ),
+        (
+            "createNamespaces",
+            json!({ "copies": { "createNamespaces": true } }),
+            Some((
+                false,
+                true,
+                BTreeSet::from([
+                    rule("", "namespaces", "", &["get", "create", "list", "delete"]),
+                    rule("", "configmaps", "", &["list"]),
+                    rule("", "secrets", "", &["list"]),
+                    rule("", "serviceaccounts", "", &["list"]),
+                ]),
+            )),
+        ),
+        (
+            "both",
+            json!({ "copies": { "enabled": true, "createNamespaces": true } }),
+            Some((
+                true,
+                true,
+                BTreeSet::from([
+                    rule("", "namespaces", "", &["get", "create", "list", "delete"]),
+                    rule(
+                        "",
+                        "configmaps",
+                        "",
+                        &["get", "create", "update", "patch", "delete", "list"],
+                    ),
+                    rule(
+                        "",
+                        "secrets",
+                        "",
+                        &["get", "create", "update", "patch", "delete", "list"],
+                    ),
+                    rule("", "serviceaccounts", "", &["get", "create", "list"]),
+                ]),
+            )),
+        ),
+    ];
+    let names = bootstrap_names(namespace, "mc-target", false);
+    ensure!(
+        names.copies_cluster_role_name() == copies_name,
+        "certs names it {}",
+        names.copies_cluster_role_name()
+    );
+    for (case, values, expected) in cases {
+        let docs = render(
+            &scratch,
+            "target",
+            "mc",
+            namespace,
+            TEMPLATE_KUBE_VERSION,
+            &values,
+        )?;
+        let main = find(&docs, "ClusterRole", &main_name)?;
+        ensure!(
+            rules(main) == main_rules,
+            "{case}: the main ClusterRole changed: {}",
+            main["rules"]
+        );
+        let Some((copies, create_namespaces, expected)) = expected else {
+            let cluster_roles: Vec<&str> = all_of(&docs, "ClusterRole")
+                .into_iter()
+                .chain(all_of(&docs, "ClusterRoleBinding"))
+                .map(name_of)
+                .collect();
+            ensure!(
+                cluster_roles == [main_name.as_str(), main_name.as_str()],
+                "{case}: {cluster_roles:?}"
+            );
+            for role in all_of(&docs, "ClusterRole")
+                .into_iter()
+                .chain(all_of(&docs, "Role"))
+            {
+                for rule in role["rules"].as_array().into_iter().flatten() {
+                    ensure!(
+                        !strings(&rule["resources"]).iter().any(|r| matches!(
+                            *r,
+                            "configmaps" | "secrets" | "serviceaccounts" | "namespaces"
+                        )),
+                        "{case}: {} {} grants {rule} without the copies options",
+                        kind_of(role),
+                        name_of(role)
+                    );
+                }
+            }
+            assert_no_wildcards(&docs)?;
+            ensure!(
+                certs::bootstrap::objects::copies_rules(false, false).is_empty(),
+                "certs grants copies by default"
+            );
+            continue;
+        };
+        let role = find(&docs, "ClusterRole", &copies_name)?;
+        ensure!(
+            rules(role) == expected,
+            "{case}: copies rules {}",
+            role["rules"]
+        );
+        // The same rules, in the same order, as certs bootstrap-target writes.
+        let certs_rules = serde_json::to_value(certs::bootstrap::objects::copies_rules(
+            copies,
+            create_namespaces,
+        ))?;
+        ensure!(
+            role["rules"] == certs_rules,
+            "{case}: the chart's copies rules {} differ from certs' {certs_rules}",
+            role["rules"]
+        );
+        let binding = find(&docs, "ClusterRoleBinding", &copies_name)?;
+        ensure!(
+            binding["roleRef"]
+                == json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": copies_name }),
+            "{case}: {binding}"
+        );
+        ensure!(
+            binding["subjects"]
+                == json!([{ "kind": "ServiceAccount", "name": "mc-target", "namespace": namespace }]),
+            "{case}: {binding}"
+        );
+        ensure!(
+            all_of(&docs, "ClusterRole").len() == 2 && all_of(&docs, "Role").is_empty(),
+            "{case}: the main and the copies ClusterRoles only"
+        );
+        assert_no_wildcards_but(&docs, |r| name_of(r) == copies_name)
+            .with_context(|| case.to_string())?;
+    }
+
+    // The binding follows the ServiceAccount's name.
+    let docs = render(
+        &scratch,
+        "target",
+        "mc",
+        namespace,
+        TEMPLATE_KUBE_VERSION,
+        &json!({ "serviceAccount": { "name": "delegate-sync-cluster1" }, "copies": { "enabled": true } }),
+    )?;
+    let binding = find(&docs, "ClusterRoleBinding", &copies_name)?;
+    ensure!(
+        binding["subjects"]
+            == json!([{ "kind": "ServiceAccount", "name": "delegate-sync-cluster1", "namespace": namespace }]),
+        "{binding}"
+    );
     Ok(())
 }
 
