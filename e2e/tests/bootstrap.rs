@@ -105,8 +105,8 @@ fn step(context: &str, kind: &str, outcome: Outcome) -> (String, String, Outcome
     (context.into(), kind.into(), outcome)
 }
 
-/// The rules of the target chart's ClusterRoles, rendered by helm with `sets`, in the order
-/// rendered (the main one first).
+/// The rules of the target chart's ClusterRoles, rendered by helm with `sets`: the main one
+/// first.
 fn rendered_rules(dir: &Path, sets: &[&str]) -> anyhow::Result<Vec<Value>> {
     let helm = workspace_target_dir().join("tools/bin/helm");
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/target");
@@ -127,11 +127,20 @@ fn rendered_rules(dir: &Path, sets: &[&str]) -> anyhow::Result<Vec<Value>> {
         String::from_utf8_lossy(&out.stderr)
     );
     let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8(out.stdout)?)?;
-    Ok(docs
+    let mut roles: Vec<(String, Value)> = docs
         .into_iter()
         .filter(|d| d["kind"] == json!("ClusterRole"))
-        .map(|d| d["rules"].clone())
-        .collect())
+        .map(|d| {
+            let name = d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (name, d["rules"].clone())
+        })
+        .collect();
+    // The main one first, then the copies one (helm renders templates by file name).
+    roles.sort_by_key(|(name, _)| name.ends_with("-copies"));
+    Ok(roles.into_iter().map(|(_, rules)| rules).collect())
 }
 
 /// The rules of the target chart's main ClusterRole.
