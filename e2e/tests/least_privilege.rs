@@ -13,7 +13,9 @@
 //!   `self`) and the target chart's ServiceAccount in cluster2, through a whole lifecycle:
 //!   placement (pinned and by capacity), delegate creation, mirrored annotations, results
 //!   with exit codes and messages, a lost delegate, an unknown cluster, Events, the leader
-//!   Lease, deletion and cleanup, and the orphan sweep after a SIGKILL.
+//!   Lease, deletion and cleanup, and the orphan sweep after a SIGKILL; then, with the charts'
+//!   `createNamespaces`, `copyReferences` and `copies`, a pod whose namespace exists in cluster1
+//!   only and whose Secret and ConfigMap follow it to cluster2 (and go with its delegate).
 //!
 //! Any request refused by RBAC (`forbidden` in a log) fails the test and names the verb and
 //! resource the chart lacks.
@@ -36,7 +38,7 @@ use e2e::{TestEnv, WebhookRegistration, lifecycle, support::unique_name};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     coordination::v1::Lease,
-    core::v1::{Event, Pod, Secret},
+    core::v1::{ConfigMap, Event, Namespace, Pod, Secret, ServiceAccount},
 };
 use kube::{
     Api,
@@ -305,6 +307,9 @@ async fn delegate_sync_and_the_webhook_run_under_exactly_the_charts_rbac() {
         .namespace_with_labels("lp-work", opt_in.clone())
         .await
         .unwrap();
+    // A namespace of cluster1 only, whose pods' references follow them (created before the
+    // charts are applied: the delegate-sync chart grants reads in it by a Role there).
+    let follow = FollowNamespace::create(env, &opt_in).await.unwrap();
 
     // Render the three charts as an operator would install them.
     let webhook_docs = render(&scratch, "webhook", &release_ns, &version, &json!({})).unwrap();
@@ -320,10 +325,19 @@ async fn delegate_sync_and_the_webhook_run_under_exactly_the_charts_rbac() {
                 { "name": "cluster1", "self": true },
                 { "name": "cluster2", "kubeconfigSecret": "cluster2-kubeconfig", "context": "cluster2" },
             ],
+            "createNamespaces": true,
+            "copyReferences": { "namespaces": [follow.name] },
         }),
     )
     .unwrap();
-    let target_docs = render(&scratch, "target", &release_ns, &version, &json!({})).unwrap();
+    let target_docs = render(
+        &scratch,
+        "target",
+        &release_ns,
+        &version,
+        &json!({ "copies": { "enabled": true, "createNamespaces": true } }),
+    )
+    .unwrap();
 
     // The webhook has no rights at all: no token, no binding names its ServiceAccount.
     let webhook_sa = format!("{RELEASE}-webhook");
@@ -567,7 +581,13 @@ async fn delegate_sync_and_the_webhook_run_under_exactly_the_charts_rbac() {
     sync.start();
     sync.wait_ready(sync_admin, Duration::from_secs(60)).await;
 
-    let result = journey(env, &work, &release_ns, &mut sync, sync_admin, new_sync).await;
+    let result = match journey(env, &work, &release_ns, &mut sync, sync_admin, new_sync).await {
+        Ok(mut steps) => follow_the_pod(env, &follow.name).await.map(|more| {
+            steps.extend(more);
+            steps
+        }),
+        Err(e) => Err(e),
+    };
     let sync_log = sync.log_text();
     let refused = forbidden_requests(&sync_log);
     let webhook_refused = forbidden_requests(&webhook.log_text());
@@ -824,6 +844,122 @@ async fn journey(
     .await?;
     steps.push("every proxy deleted: no pod left in either cluster".into());
     Ok(steps)
+}
+
+/// A namespace in cluster1 only, labelled for the webhook and for copies; deleted in both
+/// clusters on drop (delegate-sync creates it in cluster2).
+struct FollowNamespace {
+    kubeconfig: PathBuf,
+    name: String,
+}
+
+impl FollowNamespace {
+    async fn create(env: &TestEnv, labels: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let mut labels = labels.clone();
+        labels.insert(contract::COPY_REFERENCES_LABEL.into(), "true".into());
+        let name = unique_name("lp-follow");
+        let namespace: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))?;
+        let cluster1 = env.client("cluster1").await?;
+        Api::<Namespace>::all(cluster1.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+        let created = Self {
+            kubeconfig: env.kubeconfig().clone(),
+            name,
+        };
+        // Pods are refused until the namespace's default ServiceAccount exists.
+        let accounts: Api<ServiceAccount> = Api::namespaced(cluster1, &created.name);
+        wait_until(
+            "default ServiceAccount",
+            Duration::from_secs(30),
+            async || {
+                Ok(accounts
+                    .get_opt("default")
+                    .await?
+                    .is_none()
+                    .then(|| "not yet".into()))
+            },
+        )
+        .await?;
+        Ok(created)
+    }
+}
+
+impl Drop for FollowNamespace {
+    fn drop(&mut self) {
+        for context in ["cluster1", "cluster2"] {
+            let _ = Command::new(tool("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["--context", context, "delete", "namespace", &self.name])
+                .args(["--wait=false", "--ignore-not-found"])
+                .output();
+        }
+    }
+}
+
+/// A pod in a namespace cluster2 does not have, referencing a Secret and a ConfigMap: its
+/// namespace is created there, the two are copied, it succeeds, and the copies go with its
+/// delegate.
+async fn follow_the_pod(env: &TestEnv, namespace: &str) -> anyhow::Result<Vec<String>> {
+    let cluster1 = env.client("cluster1").await?;
+    let cluster2 = env.client("cluster2").await?;
+    let params = PostParams::default();
+    Api::<Secret>::namespaced(cluster1.clone(), namespace)
+        .create(
+            &params,
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "lp-secret" }, "stringData": { "k": "v" } }),
+            )?,
+        )
+        .await?;
+    Api::<ConfigMap>::namespaced(cluster1.clone(), namespace)
+        .create(
+            &params,
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "lp-config" }, "data": { "k": "v" } }),
+            )?,
+        )
+        .await?;
+    let mut pod = elected("follows", Some("cluster2"), Some("2s"), 0);
+    let spec = pod.spec.as_mut().context("spec")?;
+    spec.volumes = Some(serde_json::from_value(
+        json!([{ "name": "s", "secret": { "secretName": "lp-secret" } }]),
+    )?);
+    spec.containers[0].env = Some(serde_json::from_value(json!([{
+        "name": "K",
+        "valueFrom": { "configMapKeyRef": { "name": "lp-config", "key": "k" } },
+    }]))?);
+    let proxies: Api<Pod> = Api::namespaced(cluster1.clone(), namespace);
+    proxies.create(&params, &pod).await?;
+    let minute = Duration::from_secs(60);
+    wait_pod(&proxies, "follows", "Succeeded", minute, |p| {
+        p.and_then(phase) == Some("Succeeded")
+    })
+    .await;
+    let secrets2: Api<Secret> = Api::namespaced(cluster2.clone(), namespace);
+    let config_maps2: Api<ConfigMap> = Api::namespaced(cluster2.clone(), namespace);
+    ensure!(
+        secrets2.get_opt("lp-secret").await?.is_some(),
+        "Secret not copied"
+    );
+    ensure!(
+        config_maps2.get_opt("lp-config").await?.is_some(),
+        "ConfigMap not copied"
+    );
+    proxies.delete("follows", &DeleteParams::default()).await?;
+    wait_until("copies gone with the delegate", minute, async || {
+        let left = secrets2.get_opt("lp-secret").await?.is_some()
+            || config_maps2.get_opt("lp-config").await?.is_some();
+        Ok(left.then(|| "copies left".into()))
+    })
+    .await?;
+    Ok(vec![
+        "a pod of a namespace cluster1 alone has: namespace created in cluster2, Secret and \
+         ConfigMap copied, Succeeded, copies gone with the delegate"
+            .into(),
+    ])
 }
 
 /// `kubectl exec` as a kubeconfig's identity; the output and whether it succeeded.
