@@ -144,6 +144,13 @@ pub async fn run(args: BootstrapArgs) -> anyhow::Result<()> {
     if report.replaced.is_empty() || options.dry_run {
         return Ok(());
     }
+    if options.rotate && report.verified != Some(Ok(())) {
+        anyhow::bail!(
+            "the new kubeconfig did not work from here, so the old tokens ({}) were not revoked; \
+             once delegate-sync works with the new one, delete them in the target by hand",
+            report.replaced.join(", ")
+        );
+    }
     if !options.rotate {
         println!(
             "certs: token Secrets no longer in the kubeconfig, still valid: {} (run again with \

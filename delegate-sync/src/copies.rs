@@ -19,8 +19,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    api::core::v1::{
+        ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
     Api, Client, Resource, ResourceExt as _,
@@ -81,6 +83,14 @@ pub enum Wait {
         target: String,
         message: String,
     },
+    #[error(
+        "Secret {namespace}/{name} is a service-account token of the source cluster: it is never copied (the target issues its own)"
+    )]
+    SourceToken { namespace: String, name: String },
+    #[error(
+        "namespace {namespace} is being deleted in {target}; the delegate is created once it is gone (and made again)"
+    )]
+    Terminating { namespace: String, target: String },
 }
 
 impl Wait {
@@ -89,7 +99,8 @@ impl Wait {
         match self {
             Self::Missing { .. } => "ReferenceMissing",
             Self::Conflict { .. } => "CopyConflict",
-            Self::Refused { .. } => "CopyRefused",
+            Self::Refused { .. } | Self::SourceToken { .. } => "CopyRefused",
+            Self::Terminating { .. } => "NamespaceTerminating",
         }
     }
 }
@@ -133,22 +144,43 @@ pub async fn prepare(
     if !scene.opted_in().await? {
         return Ok(Ok(Made::default()));
     }
-    let mut made = Made::default();
+    // Everything is checked before anything is made: a pod that waits leaves no copy behind.
+    let mut config_maps = Vec::new();
     for (name, need) in &needs.config_maps {
-        match scene.copy::<ConfigMap>(name, *need).await? {
-            Ok(true) => made.config_maps.push(name.clone()),
-            Ok(false) => {}
+        match scene.check::<ConfigMap>(name, *need).await? {
+            Ok(Some(found)) => config_maps.push((name, found)),
+            Ok(None) => {}
             Err(wait) => return Ok(Err(wait)),
         }
     }
+    let mut secrets = Vec::new();
     for (name, need) in &needs.secrets {
-        match scene.copy::<Secret>(name, *need).await? {
-            Ok(true) => made.secrets.push(name.clone()),
-            Ok(false) => {}
+        match scene.check::<Secret>(name, *need).await? {
+            Ok(Some(found)) => secrets.push((name, found)),
+            Ok(None) => {}
             Err(wait) => return Ok(Err(wait)),
         }
+    }
+    let mut made = Made::default();
+    for (name, found) in config_maps {
+        if let Err(wait) = scene.make(name, found).await? {
+            return Ok(Err(wait));
+        }
+        made.config_maps.push(name.clone());
+    }
+    for (name, found) in secrets {
+        if let Err(wait) = scene.make(name, found).await? {
+            return Ok(Err(wait));
+        }
+        made.secrets.push(name.clone());
     }
     Ok(Ok(made))
+}
+
+/// An object to copy: the original, and its copy when there is one already.
+struct Found<K> {
+    original: K,
+    existing: Option<K>,
 }
 
 /// Makes `delegate` an owner of the copies it needs (merged by uid: other owners stay).
@@ -176,17 +208,24 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let patch = json!({ "metadata": { "ownerReferences": [{
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "name": owner.name_any(),
-        "uid": owner.uid().unwrap_or_default(),
-    }] } });
+    let patch = json!({ "metadata": { "ownerReferences": [owner_of(owner)] } });
     match bounded(api.patch(name, &PatchParams::default(), &Patch::Strategic(&patch))).await {
         Ok(_) => Ok(()),
         // Deleted meanwhile (the delegate's other owners all went): made again next time.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// A delegate as an owner of the copies it needs (not a controller, not blocking its
+/// deletion: the copy simply goes with the last of its owners).
+fn owner_of(delegate: &Pod) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: delegate.name_any(),
+        uid: delegate.uid().unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -230,8 +269,15 @@ impl Scene<'_> {
     /// The delegate's namespace in the target, created when missing.
     async fn namespace(&self) -> Result<Result<(), Wait>, kube::Error> {
         let api: Api<Namespace> = Api::all(self.target.client.clone());
-        if bounded(api.get_opt(self.namespace)).await?.is_some() {
-            return Ok(Ok(()));
+        match bounded(api.get_opt(self.namespace)).await? {
+            Some(namespace) if namespace.metadata.deletion_timestamp.is_some() => {
+                return Ok(Err(Wait::Terminating {
+                    namespace: self.namespace.into(),
+                    target: self.target.name.clone(),
+                }));
+            }
+            Some(_) => return Ok(Ok(())),
+            None => {}
         }
         let namespace = Namespace {
             metadata: self.made_by_us(self.namespace),
@@ -281,8 +327,13 @@ impl Scene<'_> {
         }))
     }
 
-    /// The copy of one object; Ok(true) when there is one (made now or before).
-    async fn copy<K>(&self, name: &str, need: Need) -> Result<Result<bool, Wait>, kube::Error>
+    /// Whether an object can be copied: None for an optional one missing in the source; a
+    /// Wait for a required one missing, or a copy that delegate-sync did not make.
+    async fn check<K>(
+        &self,
+        name: &str,
+        need: Need,
+    ) -> Result<Result<Option<Found<K>>, Wait>, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -290,16 +341,11 @@ impl Scene<'_> {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let kind = K::kind(&()).to_string();
-        let kind: &'static str = if kind == "Secret" {
-            "Secret"
-        } else {
-            "ConfigMap"
-        };
+        let kind = kind_of::<K>();
         let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
         let Some(original) = bounded(source.get_opt(name)).await? else {
             return Ok(match need {
-                Need::Optional => Ok(false),
+                Need::Optional => Ok(None),
                 Need::Required => Err(Wait::Missing {
                     kind,
                     namespace: self.namespace.into(),
@@ -307,34 +353,108 @@ impl Scene<'_> {
                 }),
             });
         };
-        let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
-        let action = |verb: &str| format!("{verb} {kind} {}/{name}", self.namespace);
-        let existing = match bounded(copies.get_opt(name)).await {
-            Ok(existing) => existing,
-            Err(e) => return self.refused(action("read"), e).map(Err),
-        };
-        match existing {
-            None => {
-                let copy = copy_of(&original, self.made_by_us(name))?;
-                match bounded(copies.create(&PostParams::default(), &copy)).await {
-                    Ok(_) => Ok(Ok(true)),
-                    // Made meanwhile by another pass: the next pass checks whose it is.
-                    Err(e) if conflict(&e) => Ok(Ok(true)),
-                    Err(e) => self.refused(action("create"), e).map(Err),
-                }
-            }
-            Some(existing) if !self.ours(existing.meta()) => Ok(Err(Wait::Conflict {
-                kind,
+        if source_token(&original) {
+            return Ok(Err(Wait::SourceToken {
                 namespace: self.namespace.into(),
                 name: name.into(),
-                target: self.target.name.clone(),
-            })),
-            Some(existing) => match update(&copies, &original, &existing).await {
-                Ok(()) => Ok(Ok(true)),
-                Err(e) => self.refused(action("update"), e).map(Err),
-            },
+            }));
+        }
+        let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
+        let existing = match bounded(copies.get_opt(name)).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                let action = format!("read {kind} {}/{name}", self.namespace);
+                return self.refused(action, e).map(Err);
+            }
+        };
+        if let Some(existing) = &existing
+            && !self.ours(existing.meta())
+        {
+            return Ok(Err(self.conflict(kind, name)));
+        }
+        Ok(Ok(Some(Found { original, existing })))
+    }
+
+    fn conflict(&self, kind: &'static str, name: &str) -> Wait {
+        Wait::Conflict {
+            kind,
+            namespace: self.namespace.into(),
+            name: name.into(),
+            target: self.target.name.clone(),
         }
     }
+
+    /// The copy made, or brought up to date.
+    async fn make<K>(&self, name: &str, found: Found<K>) -> Result<Result<(), Wait>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let kind = kind_of::<K>();
+        let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
+        let action = |verb: &str| format!("{verb} {kind} {}/{name}", self.namespace);
+        let Some(existing) = found.existing else {
+            return self
+                .create_copy(&copies, name, &found.original, Vec::new())
+                .await;
+        };
+        match update(&copies, &found.original, &existing).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => self.refused(action("update"), e).map(Err),
+        }
+    }
+
+    /// Creates the copy of `original` with `owners`. Made meanwhile by someone else: it is
+    /// theirs unless it carries our label.
+    async fn create_copy<K>(
+        &self,
+        copies: &Api<K>,
+        name: &str,
+        original: &K,
+        owners: Vec<OwnerReference>,
+    ) -> Result<Result<(), Wait>, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let kind = kind_of::<K>();
+        let mut meta = self.made_by_us(name);
+        if !owners.is_empty() {
+            meta.owner_references = Some(owners);
+        }
+        let copy = copy_of(original, meta)?;
+        match bounded(copies.create(&PostParams::default(), &copy)).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if conflict(&e) => match bounded(copies.get_opt(name)).await? {
+                Some(existing) if !self.ours(existing.meta()) => Ok(Err(self.conflict(kind, name))),
+                _ => Ok(Ok(())),
+            },
+            Err(e) => {
+                let action = format!("create {kind} {}/{name}", self.namespace);
+                self.refused(action, e).map(Err)
+            }
+        }
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    if K::kind(&()) == "Secret" {
+        "Secret"
+    } else {
+        "ConfigMap"
+    }
+}
+
+/// A Secret holding a service-account token of the source cluster.
+fn source_token<K: Serialize>(object: &K) -> bool {
+    serde_json::to_value(object)
+        .is_ok_and(|v| v["type"] == json!("kubernetes.io/service-account-token"))
 }
 
 /// Already exists.
@@ -417,8 +537,15 @@ fn immutable<K: Serialize>(object: &K) -> bool {
 /// One pass over a target: copies updated from their sources, delegates added to the owners
 /// of the copies they need, and namespaces made by delegate-sync deleted once they hold
 /// nothing. Errors are logged; the next pass tries again.
-pub async fn refresh(settings: Settings, source: &Client, source_cluster: &str, target: &Target) {
+pub async fn refresh(
+    settings: Settings,
+    source: &Client,
+    source_cluster: &str,
+    target: &Target,
+    busy: &std::collections::BTreeSet<String>,
+) {
     if settings.copy_references {
+        let mut opted_in: BTreeMap<String, bool> = BTreeMap::new();
         for ((namespace, kind, name), delegates) in referenced(target) {
             let scene = Scene {
                 source,
@@ -426,6 +553,19 @@ pub async fn refresh(settings: Settings, source: &Client, source_cluster: &str, 
                 target,
                 namespace: &namespace,
             };
+            let copying = match opted_in.get(&namespace) {
+                Some(copying) => *copying,
+                None => match scene.opted_in().await {
+                    Ok(copying) => *opted_in.entry(namespace.clone()).or_insert(copying),
+                    Err(e) => {
+                        tracing::warn!(target = %target.name, %namespace, "copies not refreshed: {e}");
+                        continue;
+                    }
+                },
+            };
+            if !copying {
+                continue;
+            }
             let refreshed = match kind {
                 Kind::ConfigMap => scene.refresh_one::<ConfigMap>(&name, &delegates).await,
                 Kind::Secret => scene.refresh_one::<Secret>(&name, &delegates).await,
@@ -436,7 +576,7 @@ pub async fn refresh(settings: Settings, source: &Client, source_cluster: &str, 
         }
     }
     if settings.create_namespaces
-        && let Err(e) = delete_empty_namespaces(source_cluster, target).await
+        && let Err(e) = delete_empty_namespaces(source_cluster, target, busy).await
     {
         tracing::warn!(target = %target.name, "namespaces not cleaned up: {e}");
     }
@@ -475,7 +615,8 @@ fn referenced(target: &Target) -> BTreeMap<(String, Kind, String), Vec<std::sync
 
 impl Scene<'_> {
     /// Updates the copy of `name` if its source changed, and makes every one of `delegates`
-    /// its owner. Objects delegate-sync did not make, and sources gone, are left as they are.
+    /// its owner; a copy gone (with its last owner, or by hand) while delegates still need it
+    /// is made again. Objects delegate-sync did not make, and sources gone, are left alone.
     async fn refresh_one<K>(
         &self,
         name: &str,
@@ -489,13 +630,21 @@ impl Scene<'_> {
             + std::fmt::Debug,
     {
         let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
+        let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
         let Some(existing) = bounded(copies.get_opt(name)).await? else {
+            if let Some(original) = bounded(source.get_opt(name)).await?
+                && !source_token(&original)
+            {
+                let owners = delegates.iter().map(|d| owner_of(d)).collect();
+                if let Err(wait) = self.create_copy(&copies, name, &original, owners).await? {
+                    tracing::warn!(target = %self.target.name, "{wait}");
+                }
+            }
             return Ok(());
         };
         if !self.ours(existing.meta()) {
             return Ok(());
         }
-        let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
         if let Some(original) = bounded(source.get_opt(name)).await? {
             update(&copies, &original, &existing).await?;
         }
@@ -515,7 +664,11 @@ impl Scene<'_> {
     }
 }
 
-async fn delete_empty_namespaces(source_cluster: &str, target: &Target) -> Result<(), kube::Error> {
+async fn delete_empty_namespaces(
+    source_cluster: &str,
+    target: &Target,
+    busy: &std::collections::BTreeSet<String>,
+) -> Result<(), kube::Error> {
     let api: Api<Namespace> = Api::all(target.client.clone());
     let selector = format!("{COPIED_FROM}={source_cluster}");
     let made = bounded(api.list(&ListParams::default().labels(&selector))).await?;
@@ -531,7 +684,12 @@ async fn delete_empty_namespaces(source_cluster: &str, target: &Target) -> Resul
                         .unwrap_or_default()
             });
         let terminating = namespace.metadata.deletion_timestamp.is_some();
-        if !old_enough || terminating || !holds_nothing(target, &name).await? {
+        // A delegate decided for it and not created yet counts as something it holds.
+        if !old_enough
+            || terminating
+            || busy.contains(&name)
+            || !holds_nothing(target, &name).await?
+        {
             continue;
         }
         let params = DeleteParams::default();
@@ -546,8 +704,9 @@ async fn delete_empty_namespaces(source_cluster: &str, target: &Target) -> Resul
     Ok(())
 }
 
-/// No pod, no ConfigMap but the root CA's, no Secret, no ServiceAccount but `default` and the
-/// ones delegate-sync made.
+/// No pod, no ConfigMap but the root CA's, no Secret, no PersistentVolumeClaim, no Service, no
+/// ServiceAccount but `default` and the ones delegate-sync made. (Other kinds are not looked
+/// at: a namespace delegate-sync made is meant for delegates.)
 async fn holds_nothing(target: &Target, namespace: &str) -> Result<bool, kube::Error> {
     let client = &target.client;
     let one = ListParams::default().limit(2);
@@ -572,6 +731,18 @@ async fn holds_nothing(target: &Target, namespace: &str) -> Result<bool, kube::E
     )
     .await?;
     if !secrets.items.is_empty() {
+        return Ok(false);
+    }
+    let claims = bounded(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().limit(1)),
+    )
+    .await?;
+    let services = bounded(
+        Api::<Service>::namespaced(client.clone(), namespace).list(&ListParams::default().limit(1)),
+    )
+    .await?;
+    if !claims.items.is_empty() || !services.items.is_empty() {
         return Ok(false);
     }
     let accounts = bounded(

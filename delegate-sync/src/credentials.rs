@@ -128,8 +128,9 @@ fn token_request_of(
     Ok(Some(spec))
 }
 
-async fn parse(text: &str, path: &Path, context: Option<&str>) -> Result<Loaded, CredentialError> {
-    let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| CredentialError::Kubeconfig {
+/// The kubeconfig at `path`, read as kube reads one (paths in it relative to its directory).
+async fn parse(path: &Path, context: Option<&str>) -> Result<Loaded, CredentialError> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|e| CredentialError::Kubeconfig {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
@@ -164,12 +165,16 @@ pub struct Schedule {
     pub expires_at: Instant,
 }
 
+/// The soonest a token is renewed after it was issued, whatever its life: a clock or an
+/// apiserver that says a token is already expired must not make a loop of token requests.
+const SOONEST_RENEWAL: Duration = Duration::from_secs(1);
+
 /// When to renew and drop a token issued now for `issued_for` (the apiserver's word) when
 /// `wanted` was asked for: the shorter of the two is its life.
 pub fn schedule(now: Instant, wanted: Duration, issued_for: Duration) -> Schedule {
-    let life = wanted.min(issued_for);
+    let life = wanted.min(issued_for).max(SOONEST_RENEWAL);
     Schedule {
-        renew_at: now + life.mul_f64(RENEW_AT),
+        renew_at: now + life.mul_f64(RENEW_AT).max(SOONEST_RENEWAL),
         expires_at: now + life,
     }
 }
@@ -213,10 +218,13 @@ async fn request_token(
         .status
         .ok_or_else(|| failed("the apiserver returned no token".into()))?;
     let expiry = status.expiration_timestamp.0;
-    let issued_for = expiry
-        .duration_since(Timestamp::now())
-        .try_into()
-        .unwrap_or(Duration::ZERO);
+    // The lifetime the apiserver granted, from its answer: comparing its expiry with this
+    // machine's clock would count any clock skew against the token.
+    let issued_for = issued
+        .spec
+        .expiration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(wanted, Duration::from_secs);
     Ok((status.token, schedule(asked, wanted, issued_for), expiry))
 }
 
@@ -295,9 +303,6 @@ impl Notice {
     }
 }
 
-/// What [`Keeper::seen`] holds while the file cannot be read (no kubeconfig text is this).
-const UNREADABLE: &str = "\0unreadable";
-
 /// A target's kubeconfig file and what was made of it.
 struct Keeper {
     target: String,
@@ -306,8 +311,10 @@ struct Keeper {
     slot: Slot,
     metrics: Arc<Metrics>,
     notice: Option<Notice>,
-    /// The file's text last loaded or refused, so that an unchanged file is not reloaded.
+    /// The file's text last loaded, so that an unchanged file is not loaded again.
     seen: Option<String>,
+    /// Why the file last failed to load, so that a failure is reported once, not every look.
+    refused: Option<String>,
     /// Token mode: the requester's client and spec, and the current token's schedule (None
     /// until one was issued).
     requester: Option<(Client, kube::Config, TokenRequestExtension)>,
@@ -333,6 +340,7 @@ pub async fn client(
         metrics,
         notice,
         seen: None,
+        refused: None,
         requester: None,
         token: None,
     };
@@ -364,7 +372,8 @@ impl Keeper {
         Metrics::cluster(&self.target)
     }
 
-    /// Loads the file if it changed since last seen.
+    /// Loads the file if it changed since it was last loaded. A file that does not load is
+    /// tried again at every look (a file it references may appear), and reported once.
     async fn reload(&mut self) {
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(text) => text,
@@ -373,23 +382,19 @@ impl Keeper {
                     path: self.path.clone(),
                     source,
                 };
-                // Reported once, until the file is there again.
-                if self.seen.as_deref() != Some(UNREADABLE) {
-                    self.seen = Some(UNREADABLE.to_string());
-                    self.refuse(error).await;
-                }
-                return;
+                return self.refuse(error).await;
             }
         };
         if self.seen.as_ref() == Some(&text) {
             return;
         }
-        let first = self.seen.is_none();
-        self.seen = Some(text.clone());
-        let loaded = match parse(&text, &self.path, self.context.as_deref()).await {
+        let loaded = match parse(&self.path, self.context.as_deref()).await {
             Ok(loaded) => loaded,
             Err(error) => return self.refuse(error).await,
         };
+        let first = self.seen.is_none();
+        self.seen = Some(text);
+        self.refused = None;
         match loaded.token_request {
             None => match build(loaded.config, &self.path) {
                 Ok(client) => {
@@ -405,8 +410,11 @@ impl Keeper {
                 match build(loaded.config, &self.path) {
                     Ok(requester) => {
                         self.requester = Some((requester, requester_config, spec));
-                        // A new requester (a rotation) means tokens bound to its Secret: renew now.
-                        self.token = None;
+                        // A new requester (a rotation) binds tokens to its own Secret: renew
+                        // now, keeping the token in use until a new one comes or it expires.
+                        if let Some(token) = &mut self.token {
+                            token.renew_at = Instant::now();
+                        }
                         self.renew().await;
                         self.loaded(first);
                     }
@@ -427,7 +435,13 @@ impl Keeper {
     }
 
     /// A file that does not load: the credentials in use stay (or, at start, there are none).
+    /// Reported once per reason.
     async fn refuse(&mut self, error: CredentialError) {
+        let reason = error.to_string();
+        if self.refused.as_ref() == Some(&reason) {
+            return;
+        }
+        self.refused = Some(reason);
         self.metrics
             .credential_errors
             .get_or_create(&self.label())
@@ -488,26 +502,32 @@ impl Keeper {
                             .set(expiry.as_second());
                         tracing::debug!(target = %self.target, "short-lived token renewed");
                     }
-                    Err(error) => tracing::warn!(target = %self.target, "{error}"),
+                    Err(error) => self.not_renewed(error),
                 }
             }
-            Err(error) => {
-                self.metrics
-                    .credential_errors
-                    .get_or_create(&self.label())
-                    .inc();
-                let expired = self.token.is_none_or(|t| Instant::now() >= t.expires_at);
-                tracing::warn!(target = %self.target, "{error} (retrying in {RETRY_EVERY:?})");
-                if expired {
-                    // Never used past its life, nor kept in memory.
-                    self.token = None;
-                    self.install(Err(Arc::from(format!(
-                        "target {}: no valid token: {error}",
-                        self.target
-                    ))));
-                } else if let Some(token) = &mut self.token {
-                    token.renew_at = (Instant::now() + RETRY_EVERY).min(token.expires_at);
-                }
+            Err(error) => self.not_renewed(error),
+        }
+    }
+
+    /// Keeps the token in use until its life ends (then drops it), and tries again soon.
+    fn not_renewed(&mut self, error: CredentialError) {
+        self.metrics
+            .credential_errors
+            .get_or_create(&self.label())
+            .inc();
+        let now = Instant::now();
+        tracing::warn!(target = %self.target, "{error} (retrying in {RETRY_EVERY:?})");
+        match &mut self.token {
+            Some(token) if now < token.expires_at => {
+                token.renew_at = (now + RETRY_EVERY).min(token.expires_at);
+            }
+            _ => {
+                // Never used past its life, nor kept in memory.
+                self.token = None;
+                self.install(Err(Arc::from(format!(
+                    "target {}: no valid token: {error}",
+                    self.target
+                ))));
             }
         }
     }
@@ -571,6 +591,9 @@ mod tests {
         let short = schedule(now, Duration::from_secs(30), Duration::from_secs(600));
         assert_eq!(short.renew_at - now, Duration::from_secs(24));
         assert_eq!(short.expires_at - now, Duration::from_secs(30));
+        // An apiserver (or a clock) that says no life is left: renewed a second later, no loop.
+        let none = schedule(now, Duration::from_secs(30), Duration::ZERO);
+        assert_eq!(none.renew_at - now, Duration::from_secs(1));
         // Asked for a day, cut to an hour by the apiserver.
         let cut = schedule(now, Duration::from_secs(86_400), Duration::from_secs(3600));
         assert_eq!(cut.renew_at - now, Duration::from_secs(2880));

@@ -2393,6 +2393,8 @@ fn target_chart_copies_cluster_role_grants_exactly_what_the_flags_need() -> anyh
                 true,
                 BTreeSet::from([
                     rule("", "namespaces", "", &["get", "create", "list", "delete"]),
+                    rule("", "persistentvolumeclaims", "", &["list"]),
+                    rule("", "services", "", &["list"]),
                     rule("", "configmaps", "", &["list"]),
                     rule("", "secrets", "", &["list"]),
                     rule("", "serviceaccounts", "", &["list"]),
@@ -2407,6 +2409,8 @@ fn target_chart_copies_cluster_role_grants_exactly_what_the_flags_need() -> anyh
                 true,
                 BTreeSet::from([
                     rule("", "namespaces", "", &["get", "create", "list", "delete"]),
+                    rule("", "persistentvolumeclaims", "", &["list"]),
+                    rule("", "services", "", &["list"]),
                     rule(
                         "",
                         "configmaps",

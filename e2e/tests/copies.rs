@@ -328,6 +328,24 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
         },
     )
     .await?;
+    // A copy deleted while its delegate still needs it is made again, owned again.
+    config_maps2
+        .delete("settings", &DeleteParams::default())
+        .await?;
+    poll(
+        "the deleted copy made again",
+        Duration::from_secs(40),
+        async || {
+            let copy = config_maps2.get_opt("settings").await?;
+            let owned = copy.as_ref().is_some_and(|c| {
+                c.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == delegate.metadata.uid.as_ref())
+            });
+            Ok((!owned).then(|| format!("{copy:?}")))
+        },
+    )
+    .await?;
 
     // An object delegate-sync did not make: left alone, the pod waits.
     let theirs: ConfigMap =
@@ -347,10 +365,23 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     proxies
         .create(&params, &proxy(ns, "conflicting", conflicting)?)
         .await?;
-    // A required Secret that cluster1 does not have.
-    let missing = reading_pod(Some(
+    // A required Secret that cluster1 does not have: nothing of that pod is copied, not even
+    // what exists (a pod that waits leaves no copy behind).
+    Api::<ConfigMap>::namespaced(cluster1.clone(), ns)
+        .create(
+            &params,
+            &serde_json::from_value(
+                json!({ "metadata": { "name": "only-for-missing" }, "data": { "a": "b" } }),
+            )?,
+        )
+        .await?;
+    let mut missing = reading_pod(Some(
         json!({ "name": "a", "secret": { "secretName": "absent" } }),
     ));
+    missing["volumes"]
+        .as_array_mut()
+        .context("volumes")?
+        .push(json!({ "name": "o", "configMap": { "name": "only-for-missing" } }));
     proxies
         .create(&params, &proxy(ns, "missing", missing)?)
         .await?;
@@ -378,6 +409,10 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
             "{name} got a delegate"
         );
     }
+    ensure!(
+        config_maps2.get_opt("only-for-missing").await?.is_none(),
+        "a pod that waits for a missing Secret had its other references copied"
+    );
     let untouched = config_maps2.get("theirs").await?;
     ensure!(
         untouched.metadata.labels.is_none()

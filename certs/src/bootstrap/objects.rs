@@ -70,6 +70,9 @@ pub fn copies_rules(copies: bool, namespaces: bool) -> Vec<PolicyRule> {
     let mut rules = Vec::new();
     if namespaces {
         rules.push(rule("namespaces", vec!["get", "create", "list", "delete"]));
+        // What else a namespace it made may hold, before it is deleted.
+        rules.push(rule("persistentvolumeclaims", vec!["list"]));
+        rules.push(rule("services", vec!["list"]));
     }
     let mut objects = Vec::new();
     if copies {

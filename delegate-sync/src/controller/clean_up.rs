@@ -20,6 +20,10 @@ use super::{
 use crate::targets::bounded;
 
 pub async fn run(proxy: &Proxy, context: &Context) -> Result<Action, Error> {
+    // Decided and never created (it waited, e.g. for a copy): its room is free again.
+    for target in &context.targets {
+        super::place::forget_in_flight(context, &target.name, &proxy.delegate_name);
+    }
     let Some(position) = proxy
         .pod
         .finalizers()

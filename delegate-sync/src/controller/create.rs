@@ -59,21 +59,20 @@ pub async fn run(
 /// Warning Event saying why.
 async fn needs_made(
     proxy: &Proxy,
-    manifest: &Value,
+    needs: &crate::needs::Needs,
     target: &Target,
     context: &Context,
 ) -> Result<Result<copies::Made, Action>, Error> {
     if target.is_source || context.copies == copies::Settings::default() {
         return Ok(Ok(copies::Made::default()));
     }
-    let needs = crate::needs::of(manifest);
     let prepared = copies::prepare(
         context.copies,
         &context.source,
         &context.cluster_name,
         target,
         proxy.namespace(),
-        &needs,
+        needs,
     )
     .await
     .map_err(Error::on(target))?;
@@ -99,6 +98,8 @@ async fn create(
         Ok(delegate) => delegate,
         Err(e) => return result::reject(proxy, context, &e.to_string()).await,
     };
+    // What the delegate references, as built: the source's own token volume is gone.
+    let needs = crate::needs::of(&delegate);
     let delegate: Pod = match serde_json::from_value(delegate) {
         Ok(pod) => pod,
         Err(e) => {
@@ -106,7 +107,7 @@ async fn create(
             return result::reject(proxy, context, &why).await;
         }
     };
-    let made = match needs_made(proxy, manifest, target, context).await? {
+    let made = match needs_made(proxy, &needs, target, context).await? {
         Ok(made) => made,
         Err(action) => return Ok(action),
     };

@@ -266,8 +266,20 @@ async fn refresh_copies(context: Arc<Context>) {
     }
     loop {
         tokio::time::sleep(crate::copies::REFRESH_EVERY).await;
-        for target in context.targets.iter().filter(|t| !t.is_source) {
-            crate::copies::refresh(settings, &context.source, &context.cluster_name, target).await;
+        let reachable = context
+            .targets
+            .iter()
+            .filter(|t| !t.is_source && t.unreachable_for().is_none());
+        for target in reachable {
+            let busy = place::namespaces_in_flight(&context, &target.name);
+            crate::copies::refresh(
+                settings,
+                &context.source,
+                &context.cluster_name,
+                target,
+                &busy,
+            )
+            .await;
         }
     }
 }

@@ -292,6 +292,22 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
 
 /// Drops the reservation of a delegate that its target's cache now shows (or that was not
 /// made after all).
+/// The namespaces of `cluster` where delegates were decided and not created yet.
+pub fn namespaces_in_flight(
+    context: &Context,
+    cluster: &str,
+) -> std::collections::BTreeSet<String> {
+    context
+        .in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(cluster)
+        .into_iter()
+        .flatten()
+        .map(|r| r.namespace.clone())
+        .collect()
+}
+
 pub fn forget_in_flight(context: &Context, cluster: &str, delegate_name: &str) {
     if let Some(list) = context
         .in_flight
