@@ -17,7 +17,10 @@ use std::{
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::core::v1::{Namespace, Node, Secret},
+    api::{
+        core::v1::{Namespace, Node, Secret},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
 };
 use kube::{
     Api, Client, Resource,
@@ -295,9 +298,18 @@ pub async fn bootstrap_target(
     run.apply_cluster(&target, &names.cluster_role_binding())
         .await?;
     let copies_rules = objects::copies_rules(options.copies, options.create_namespaces);
-    if let Some((role, binding)) = names.copies_cluster_role(copies_rules) {
-        run.apply_cluster(&target, &role).await?;
-        run.apply_cluster(&target, &binding).await?;
+    match names.copies_cluster_role(copies_rules) {
+        Some((role, binding)) => {
+            run.apply_cluster(&target, &role).await?;
+            run.apply_cluster(&target, &binding).await?;
+        }
+        // Rights granted by an earlier run with --copies or --create-namespaces go with them.
+        None => {
+            let name = names.copies_cluster_role_name();
+            run.delete_cluster::<ClusterRoleBinding>(&target, &name)
+                .await?;
+            run.delete_cluster::<ClusterRole>(&target, &name).await?;
+        }
     }
     if let Some((account, role, binding)) = names.requester_objects() {
         run.apply_namespaced(in_target, &names.target_namespace, &account)
@@ -763,6 +775,40 @@ impl<F: FnMut(&Step)> Run<'_, F> {
         let api: Api<K> = Api::namespaced(cluster.client.clone(), namespace);
         let outcome = apply(&api, &cluster.cluster, &full, object, self.dry_run).await?;
         self.record(cluster, &K::kind(&()), full, outcome, false);
+        Ok(())
+    }
+
+    /// Deletes a cluster-scoped object this tool made, if it is there (a step only then).
+    async fn delete_cluster<K>(&mut self, cluster: &Cluster, name: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + fmt::Debug,
+    {
+        let api: Api<K> = Api::all(cluster.client.clone());
+        let kind = K::kind(&());
+        let exists = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(&cluster.cluster, &format!("read {kind} {name}"), e))?
+            .is_some();
+        if !exists {
+            return Ok(());
+        }
+        let params = kube::api::DeleteParams {
+            dry_run: self.dry_run,
+            ..Default::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+            Err(e) => {
+                return Err(api_error(
+                    &cluster.cluster,
+                    &format!("delete {kind} {name}"),
+                    e,
+                ));
+            }
+        }
+        self.record(cluster, &kind, name.to_string(), Outcome::Deleted, false);
         Ok(())
     }
 

@@ -61,16 +61,18 @@ impl Drop for Cleanup {
             runtime.block_on(async {
                 let client = e2e::testbed::kubeconfig::client(&kubeconfig, "cluster2").await?;
                 let params = DeleteParams::background();
-                gone(
-                    Api::<ClusterRoleBinding>::all(client.clone())
-                        .delete(&role, &params)
-                        .await,
-                )?;
-                gone(
-                    Api::<ClusterRole>::all(client.clone())
-                        .delete(&role, &params)
-                        .await,
-                )?;
+                for role in [role.clone(), format!("{role}-copies")] {
+                    gone(
+                        Api::<ClusterRoleBinding>::all(client.clone())
+                            .delete(&role, &params)
+                            .await,
+                    )?;
+                    gone(
+                        Api::<ClusterRole>::all(client.clone())
+                            .delete(&role, &params)
+                            .await,
+                    )?;
+                }
                 gone(
                     Api::<Namespace>::all(client)
                         .delete(&namespace, &params)
@@ -352,6 +354,34 @@ async fn bootstrapped_credentials_let_delegate_sync_place_a_pod_and_nothing_more
         again.steps
     );
     assert_eq!(again.kubeconfig, first.kubeconfig);
+    // The copies rights come with --copies and --create-namespaces, and go without them.
+    let copies_role = format!("{}-copies", names.cluster_role);
+    bootstrap::bootstrap_target(
+        &Options {
+            copies: true,
+            create_namespaces: true,
+            ..real.clone()
+        },
+        |_| {},
+    )
+    .await?;
+    ensure!(roles.get_opt(&copies_role).await?.is_some());
+    ensure!(bindings.get_opt(&copies_role).await?.is_some());
+    let without = bootstrap::bootstrap_target(&real, |_| {}).await?;
+    let deleted: Vec<String> = without
+        .steps
+        .iter()
+        .filter(|s| s.outcome == Deleted)
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            format!("cluster2: ClusterRoleBinding {copies_role} deleted"),
+            format!("cluster2: ClusterRole {copies_role} deleted"),
+        ]
+    );
+    ensure!(roles.get_opt(&copies_role).await?.is_none());
     // A dry run with everything in place is validated by the servers: unchanged; one with
     // another server address would update the Secret only, and does not.
     let dry_again = bootstrap::bootstrap_target(&options, |_| {}).await?;
