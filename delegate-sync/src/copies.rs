@@ -57,6 +57,25 @@ pub struct Settings {
     pub copy_references: bool,
 }
 
+/// What is copied (ConfigMaps, Secrets): a namespaced object kube reads and writes.
+pub trait Copyable:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Copyable for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// Why a delegate is not created yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Wait {
@@ -145,35 +164,24 @@ pub async fn prepare(
         return Ok(Ok(Made::default()));
     }
     // Everything is checked before anything is made: a pod that waits leaves no copy behind.
-    let mut config_maps = Vec::new();
-    for (name, need) in &needs.config_maps {
-        match scene.check::<ConfigMap>(name, *need).await? {
-            Ok(Some(found)) => config_maps.push((name, found)),
-            Ok(None) => {}
+    let config_maps = match scene.check_all::<ConfigMap>(&needs.config_maps).await? {
+        Ok(found) => found,
+        Err(wait) => return Ok(Err(wait)),
+    };
+    let secrets = match scene.check_all::<Secret>(&needs.secrets).await? {
+        Ok(found) => found,
+        Err(wait) => return Ok(Err(wait)),
+    };
+    let made = Made {
+        config_maps: match scene.make_all(config_maps).await? {
+            Ok(made) => made,
             Err(wait) => return Ok(Err(wait)),
-        }
-    }
-    let mut secrets = Vec::new();
-    for (name, need) in &needs.secrets {
-        match scene.check::<Secret>(name, *need).await? {
-            Ok(Some(found)) => secrets.push((name, found)),
-            Ok(None) => {}
+        },
+        secrets: match scene.make_all(secrets).await? {
+            Ok(made) => made,
             Err(wait) => return Ok(Err(wait)),
-        }
-    }
-    let mut made = Made::default();
-    for (name, found) in config_maps {
-        if let Err(wait) = scene.make(name, found).await? {
-            return Ok(Err(wait));
-        }
-        made.config_maps.push(name.clone());
-    }
-    for (name, found) in secrets {
-        if let Err(wait) = scene.make(name, found).await? {
-            return Ok(Err(wait));
-        }
-        made.secrets.push(name.clone());
-    }
+        },
+    };
     Ok(Ok(made))
 }
 
@@ -202,10 +210,7 @@ async fn add_owner<K>(
     owner: &Pod,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Copyable,
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let patch = json!({ "metadata": { "ownerReferences": [owner_of(owner)] } });
@@ -335,11 +340,7 @@ impl Scene<'_> {
         need: Need,
     ) -> Result<Result<Option<Found<K>>, Wait>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Copyable,
     {
         let kind = kind_of::<K>();
         let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
@@ -375,6 +376,43 @@ impl Scene<'_> {
         Ok(Ok(Some(Found { original, existing })))
     }
 
+    /// [`Scene::check`] of every object of one kind the pod needs; the first Wait stops it.
+    async fn check_all<K>(
+        &self,
+        needs: &BTreeMap<String, Need>,
+    ) -> Result<Result<Vec<(String, Found<K>)>, Wait>, kube::Error>
+    where
+        K: Copyable,
+    {
+        let mut all = Vec::new();
+        for (name, need) in needs {
+            match self.check::<K>(name, *need).await? {
+                Ok(Some(found)) => all.push((name.clone(), found)),
+                Ok(None) => {}
+                Err(wait) => return Ok(Err(wait)),
+            }
+        }
+        Ok(Ok(all))
+    }
+
+    /// [`Scene::make`] of each checked object: the names of the copies there now.
+    async fn make_all<K>(
+        &self,
+        found: Vec<(String, Found<K>)>,
+    ) -> Result<Result<Vec<String>, Wait>, kube::Error>
+    where
+        K: Copyable,
+    {
+        let mut made = Vec::new();
+        for (name, found) in found {
+            if let Err(wait) = self.make(&name, found).await? {
+                return Ok(Err(wait));
+            }
+            made.push(name);
+        }
+        Ok(Ok(made))
+    }
+
     fn conflict(&self, kind: &'static str, name: &str) -> Wait {
         Wait::Conflict {
             kind,
@@ -387,11 +425,7 @@ impl Scene<'_> {
     /// The copy made, or brought up to date.
     async fn make<K>(&self, name: &str, found: Found<K>) -> Result<Result<(), Wait>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Copyable,
     {
         let kind = kind_of::<K>();
         let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
@@ -417,11 +451,7 @@ impl Scene<'_> {
         owners: Vec<OwnerReference>,
     ) -> Result<Result<(), Wait>, kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Copyable,
     {
         let kind = kind_of::<K>();
         let mut meta = self.made_by_us(name);
@@ -623,11 +653,7 @@ impl Scene<'_> {
         delegates: &[std::sync::Arc<Pod>],
     ) -> Result<(), kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Copyable,
     {
         let copies: Api<K> = Api::namespaced(self.target.client.clone(), self.namespace);
         let source: Api<K> = Api::namespaced(self.source.clone(), self.namespace);
