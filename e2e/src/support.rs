@@ -102,7 +102,19 @@ impl TestEnv {
     pub async fn namespace_with_labels(
         &self,
         prefix: &str,
+        labels: BTreeMap<String, String>,
+    ) -> anyhow::Result<TestNamespace> {
+        let all: Vec<&str> = self.clusters.iter().map(String::as_str).collect();
+        self.namespace_only_in(prefix, labels, &all).await
+    }
+
+    /// Like [`TestEnv::namespace_with_labels`], created in `clusters` only (the others may get
+    /// it from the code under test); deleted from every cluster on drop.
+    pub async fn namespace_only_in(
+        &self,
+        prefix: &str,
         mut labels: BTreeMap<String, String>,
+        clusters: &[&str],
     ) -> anyhow::Result<TestNamespace> {
         labels.insert(TEST_NAMESPACE_LABEL.into(), "true".into());
         let ns = TestNamespace {
@@ -110,7 +122,7 @@ impl TestEnv {
             clusters: self.clusters.clone(),
             kubeconfig: self.kubeconfig.clone(),
         };
-        for cluster in &self.clusters {
+        for cluster in clusters {
             let client = self.client(cluster).await?;
             let namespace = Namespace {
                 metadata: ObjectMeta {
@@ -144,6 +156,23 @@ impl TestEnv {
     }
 }
 
+/// Runs `work` to the end from a thread with a runtime of its own, for a `Drop` that cleans
+/// up: a drop may run inside a test's runtime, which must not be blocked on.
+pub fn clean_up_now<F, Fut>(work: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(work())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the clean-up thread panicked")))
+}
+
 /// A namespace that exists in every cluster for one test; deleted on drop, pass or fail,
 /// unless `KEEP_TEST_NAMESPACES=1`.
 #[derive(Debug)]
@@ -171,36 +200,28 @@ impl Drop for TestNamespace {
             eprintln!("keeping namespace {} (KEEP_TEST_NAMESPACES=1)", self.name);
             return;
         }
-        // Drop may run inside a test's runtime, which must not be blocked on: delete from a
-        // thread with a runtime and a client of its own.
         let (name, clusters, kubeconfig) = (
             self.name.clone(),
             self.clusters.clone(),
             self.kubeconfig.clone(),
         );
-        let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                for cluster in &clusters {
-                    let client = testbed::kubeconfig::client(&kubeconfig, cluster).await?;
-                    release_finalizers(&client, &name).await;
-                    match Api::<Namespace>::all(client)
-                        .delete(&name, &DeleteParams::background())
-                        .await
-                    {
-                        Ok(_) | Err(kube::Error::Api(_)) => {}
-                        Err(e) => return Err(anyhow::Error::from(e)),
-                    }
+        let deleted = clean_up_now(async move || {
+            for cluster in &clusters {
+                let client = testbed::kubeconfig::client(&kubeconfig, cluster).await?;
+                release_finalizers(&client, &name).await;
+                match Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                {
+                    Ok(_) | Err(kube::Error::Api(_)) => {}
+                    Err(e) => return Err(anyhow::Error::from(e)),
                 }
-                Ok(())
-            })
-        })
-        .join();
-        if !matches!(deleted, Ok(Ok(()))) {
+            }
+            Ok(())
+        });
+        if let Err(e) = deleted {
             eprintln!(
-                "warning: could not delete test namespace {}: {deleted:?}",
+                "warning: could not delete test namespace {}: {e:#}",
                 self.name
             );
         }

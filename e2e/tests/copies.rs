@@ -6,7 +6,9 @@
 //! alone and the pod waits with an Event; a required reference missing in cluster1 is an Event
 //! too; the copies go with the last delegate, and the namespace once it holds nothing.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use contract::{
@@ -26,33 +28,6 @@ use kube::{
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"copies-test-manifest-key-0123456789abcdef";
-
-/// Deletes the namespace in both clusters, pass or fail.
-struct Cleanup {
-    kubeconfig: PathBuf,
-    namespace: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (kubeconfig, namespace) = (self.kubeconfig.clone(), self.namespace.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                for cluster in ["cluster1", "cluster2"] {
-                    let client = e2e::testbed::kubeconfig::client(&kubeconfig, cluster).await?;
-                    let _ = Api::<Namespace>::all(client)
-                        .delete(&namespace, &DeleteParams::background())
-                        .await;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .join();
-    }
-}
 
 /// A proxy pinned to cluster2 whose saved pod is `spec` (sealed as the webhook seals it).
 fn proxy(namespace: &str, name: &str, spec: Value) -> anyhow::Result<Pod> {
@@ -121,44 +96,19 @@ async fn warnings(client: &Client, namespace: &str, reason: &str) -> anyhow::Res
         .collect())
 }
 
-async fn poll<F>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: AsyncFnMut() -> anyhow::Result<Option<String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(None) => return Ok(()),
-            Ok(Some(state)) => state,
-            Err(e) => format!("error: {e:#}"),
-        };
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test]
 async fn configmaps_secrets_and_the_service_account_follow_the_pod() -> anyhow::Result<()> {
     let env = TestEnv::get().await?;
     env.require_real_nodes()?;
-    let ns = unique_name("copies");
-    let _cleanup = Cleanup {
-        kubeconfig: env.kubeconfig().clone(),
-        namespace: ns.clone(),
-    };
     let cluster1 = env.client("cluster1").await?;
     let cluster2 = env.client("cluster2").await?;
 
     // Cluster1 only: the namespace (opted in) and what the pod references.
-    let namespace: Namespace = serde_json::from_value(json!({
-        "metadata": { "name": ns, "labels": { COPY_REFERENCES_LABEL: "true" } },
-    }))?;
-    Api::<Namespace>::all(cluster1.clone())
-        .create(&PostParams::default(), &namespace)
+    let opted_in = BTreeMap::from([(COPY_REFERENCES_LABEL.to_string(), "true".to_string())]);
+    let namespace = env
+        .namespace_only_in("copies", opted_in, &["cluster1"])
         .await?;
+    let ns = namespace.name.clone();
     let secrets1: Api<Secret> = Api::namespaced(cluster1.clone(), &ns);
     let config_maps1: Api<ConfigMap> = Api::namespaced(cluster1.clone(), &ns);
     let params = PostParams::default();
@@ -188,20 +138,12 @@ async fn configmaps_secrets_and_the_service_account_follow_the_pod() -> anyhow::
             }))?,
         )
         .await?;
-    for account in ["default", "builder"] {
-        let created = Api::<ServiceAccount>::namespaced(cluster1.clone(), &ns)
-            .create(
-                &params,
-                &serde_json::from_value(json!({ "metadata": { "name": account } }))?,
-            )
-            .await;
-        if let Err(kube::Error::Api(status)) = &created
-            && status.code == 409
-        {
-            continue;
-        }
-        created?;
-    }
+    Api::<ServiceAccount>::namespaced(cluster1.clone(), &ns)
+        .create(
+            &params,
+            &serde_json::from_value(json!({ "metadata": { "name": "builder" } }))?,
+        )
+        .await?;
     ensure!(
         Api::<Namespace>::all(cluster2.clone())
             .get_opt(&ns)
@@ -255,7 +197,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     proxies
         .create(&params, &proxy(ns, "reader", reading_pod(None))?)
         .await?;
-    poll("the reader's result", Duration::from_secs(90), async || {
+    common::wait_until("the reader's result", Duration::from_secs(90), async || {
         let pod = proxies.get("reader").await?;
         Ok(match pod.annotations().get(RESULT) {
             None => Some(format!(
@@ -318,7 +260,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
 
     // An update in cluster1 reaches the copy.
     config_maps1_patch(cluster1, ns).await?;
-    poll(
+    common::wait_until(
         "the updated ConfigMap copied",
         Duration::from_secs(40),
         async || {
@@ -332,7 +274,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     config_maps2
         .delete("settings", &DeleteParams::default())
         .await?;
-    poll(
+    common::wait_until(
         "the deleted copy made again",
         Duration::from_secs(40),
         async || {
@@ -385,7 +327,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     proxies
         .create(&params, &proxy(ns, "missing", missing)?)
         .await?;
-    poll(
+    common::wait_until(
         "CopyConflict and ReferenceMissing",
         Duration::from_secs(30),
         async || {
@@ -429,7 +371,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     for name in ["reader", "conflicting", "missing"] {
         proxies.delete(name, &DeleteParams::default()).await?;
     }
-    poll(
+    common::wait_until(
         "the copies gone with the delegate",
         Duration::from_secs(60),
         async || {
@@ -459,7 +401,7 @@ async fn scenario(cluster1: &Client, cluster2: &Client, ns: &str) -> anyhow::Res
     config_maps2
         .delete("theirs", &DeleteParams::default())
         .await?;
-    poll(
+    common::wait_until(
         "the namespace made for them deleted",
         Duration::from_secs(180),
         async || {

@@ -88,21 +88,15 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let (kubeconfig, role) = (self.kubeconfig.clone(), self.cluster_role.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let client = e2e::testbed::kubeconfig::client(&kubeconfig, "cluster2").await?;
-                let params = DeleteParams::background();
-                let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                    .delete(&role, &params)
-                    .await;
-                let _ = Api::<ClusterRole>::all(client).delete(&role, &params).await;
-                anyhow::Ok(())
-            })
-        })
-        .join();
+        let _ = e2e::support::clean_up_now(async move || {
+            let client = e2e::testbed::kubeconfig::client(&kubeconfig, "cluster2").await?;
+            let params = DeleteParams::background();
+            let _ = Api::<ClusterRoleBinding>::all(client.clone())
+                .delete(&role, &params)
+                .await;
+            let _ = Api::<ClusterRole>::all(client).delete(&role, &params).await;
+            Ok(())
+        });
     }
 }
 
@@ -117,6 +111,29 @@ struct Scene {
 }
 
 impl Scene {
+    /// A namespace `<prefix>-…` in both clusters and delegate-sync's admin port; the cleanup
+    /// of what bootstrap makes outside the namespace.
+    async fn new(
+        env: &'static TestEnv,
+        prefix: &str,
+        mount: Option<Mount>,
+    ) -> anyhow::Result<(Self, Cleanup)> {
+        let ns = env.namespace(prefix).await?;
+        let cleanup = Cleanup {
+            kubeconfig: env.kubeconfig().clone(),
+            cluster_role: format!("{}-{ACCOUNT}", ns.name),
+        };
+        let scene = Scene {
+            env,
+            cluster1: env.client("cluster1").await?,
+            cluster2: env.client("cluster2").await?,
+            mount,
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            ns,
+        };
+        Ok((scene, cleanup))
+    }
+
     fn options(&self, lifetime: Option<Duration>, rotate: bool) -> Options {
         Options {
             kubeconfig: Some(self.env.kubeconfig().clone()),
@@ -279,20 +296,9 @@ async fn target_credentials_renew_rotate_and_revoke_under_a_running_delegate_syn
 -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::get().await?;
-    let ns = env.namespace("creds").await?;
     let scratch = Scratch::new("credentials-test");
-    let _cleanup = Cleanup {
-        kubeconfig: env.kubeconfig().clone(),
-        cluster_role: format!("{}-{ACCOUNT}", ns.name),
-    };
-    let mut scene = Scene {
-        env,
-        cluster1: env.client("cluster1").await?,
-        cluster2: env.client("cluster2").await?,
-        mount: Some(Mount::new(scratch.path("cluster2-kubeconfig"))?),
-        admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        ns,
-    };
+    let mount = Mount::new(scratch.path("cluster2-kubeconfig"))?;
+    let (mut scene, _cleanup) = Scene::new(env, "creds", Some(mount)).await?;
 
     // Short-lived tokens, through a requester that may do nothing else.
     let first = scene
@@ -521,20 +527,8 @@ async fn a_rotated_kubeconfig_secret_reaches_delegate_sync_through_a_real_kubele
     let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::get().await?;
     env.require_real_nodes()?;
-    let ns = env.namespace("creds-kubelet").await?;
     let scratch = Scratch::new("credentials-kubelet-test");
-    let _cleanup = Cleanup {
-        kubeconfig: env.kubeconfig().clone(),
-        cluster_role: format!("{}-{ACCOUNT}", ns.name),
-    };
-    let mut scene = Scene {
-        env,
-        cluster1: env.client("cluster1").await?,
-        cluster2: env.client("cluster2").await?,
-        mount: None,
-        admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        ns,
-    };
+    let (mut scene, _cleanup) = Scene::new(env, "creds-kubelet", None).await?;
     let ns_name = scene.ns.name.clone();
     let first = scene.bootstrap(&scene.options(None, false)).await?;
 

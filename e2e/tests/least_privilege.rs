@@ -38,7 +38,7 @@ use e2e::{TestEnv, WebhookRegistration, lifecycle, support::unique_name};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     coordination::v1::Lease,
-    core::v1::{ConfigMap, Event, Namespace, Pod, Secret, ServiceAccount},
+    core::v1::{ConfigMap, Event, Pod, Secret},
 };
 use kube::{
     Api,
@@ -309,7 +309,12 @@ async fn delegate_sync_and_the_webhook_run_under_exactly_the_charts_rbac() {
         .unwrap();
     // A namespace of cluster1 only, whose pods' references follow them (created before the
     // charts are applied: the delegate-sync chart grants reads in it by a Role there).
-    let follow = FollowNamespace::create(env, &opt_in).await.unwrap();
+    let mut follow_labels = opt_in.clone();
+    follow_labels.insert(contract::COPY_REFERENCES_LABEL.into(), "true".into());
+    let follow = env
+        .namespace_only_in("lp-follow", follow_labels, &["cluster1"])
+        .await
+        .unwrap();
 
     // Render the three charts as an operator would install them.
     let webhook_docs = render(&scratch, "webhook", &release_ns, &version, &json!({})).unwrap();
@@ -844,59 +849,6 @@ async fn journey(
     .await?;
     steps.push("every proxy deleted: no pod left in either cluster".into());
     Ok(steps)
-}
-
-/// A namespace in cluster1 only, labelled for the webhook and for copies; deleted in both
-/// clusters on drop (delegate-sync creates it in cluster2).
-struct FollowNamespace {
-    kubeconfig: PathBuf,
-    name: String,
-}
-
-impl FollowNamespace {
-    async fn create(env: &TestEnv, labels: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let mut labels = labels.clone();
-        labels.insert(contract::COPY_REFERENCES_LABEL.into(), "true".into());
-        let name = unique_name("lp-follow");
-        let namespace: Namespace =
-            serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } }))?;
-        let cluster1 = env.client("cluster1").await?;
-        Api::<Namespace>::all(cluster1.clone())
-            .create(&PostParams::default(), &namespace)
-            .await?;
-        let created = Self {
-            kubeconfig: env.kubeconfig().clone(),
-            name,
-        };
-        // Pods are refused until the namespace's default ServiceAccount exists.
-        let accounts: Api<ServiceAccount> = Api::namespaced(cluster1, &created.name);
-        wait_until(
-            "default ServiceAccount",
-            Duration::from_secs(30),
-            async || {
-                Ok(accounts
-                    .get_opt("default")
-                    .await?
-                    .is_none()
-                    .then(|| "not yet".into()))
-            },
-        )
-        .await?;
-        Ok(created)
-    }
-}
-
-impl Drop for FollowNamespace {
-    fn drop(&mut self) {
-        for context in ["cluster1", "cluster2"] {
-            let _ = Command::new(tool("kubectl"))
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(["--context", context, "delete", "namespace", &self.name])
-                .args(["--wait=false", "--ignore-not-found"])
-                .output();
-        }
-    }
 }
 
 /// A pod in a namespace cluster2 does not have, referencing a Secret and a ConfigMap: its
