@@ -58,7 +58,7 @@ tools: ## Build the pinned Kubernetes (kubelet included), etcd, kwok, helm and A
 
 $(TESTBED): FORCE
 	@[ -x $(TESTBED) ] || echo "building the test bed's command (first time: about 4 minutes on 2 cores) ..."
-	@$(CARGO) build --quiet -p e2e --bin testbed
+	@$(CARGO) build --quiet -p e2e --bin testbed --bin testbed-gateway
 
 .PHONY: testbed-up
 testbed-up: tools node-images $(TESTBED) ## Start CLUSTERS local clusters (default 2) in target/testbed; REAL_NODES per cluster (default: the preset's, 3)

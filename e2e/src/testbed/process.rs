@@ -173,6 +173,7 @@ const OUR_PROGRAMS: &[&str] = &[
     "kubelet",
     "containerd",
     "containerd-shim-runc-v2",
+    "testbed-gateway",
 ];
 
 /// Every running test bed program whose arguments name a path inside `dir` (the test bed's

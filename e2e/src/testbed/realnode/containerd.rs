@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use super::Layout;
+use super::{Layout, gateway};
 use crate::testbed::process::{self, ProcessRecord};
 
 /// Where Debian's `containernetworking-plugins` puts the CNI plugins.
@@ -26,7 +26,7 @@ pub fn configure(layout: &Layout, subnet: &str) -> anyhow::Result<()> {
     fs::write(layout.containerd_config(), config_toml(layout))?;
     fs::write(
         cni.join("10-testbed.conflist"),
-        serde_json::to_string_pretty(&cni_network(layout, subnet))?,
+        serde_json::to_string_pretty(&cni_network(layout, subnet)?)?,
     )?;
     Ok(())
 }
@@ -97,10 +97,13 @@ state = "{state}"
     )
 }
 
-/// One bridge per node, no gateway, no masquerade, no route off the bridge: pods reach
-/// nothing but each other and their own loopback.
-fn cni_network(layout: &Layout, subnet: &str) -> serde_json::Value {
-    json!({
+/// One bridge per node, no address on the host, no masquerade. Pods reach each other, their
+/// own loopback, and through the node's gateway (a namespace of the test bed on the bridge, see
+/// `gateway`) their apiserver at the `kubernetes` Service's ClusterIP: the only route off the
+/// bridge.
+fn cni_network(layout: &Layout, subnet: &str) -> anyhow::Result<serde_json::Value> {
+    let gateway = gateway::address(subnet)?;
+    Ok(json!({
         "cniVersion": "0.4.0",
         "name": layout.slot,
         "plugins": [
@@ -112,13 +115,14 @@ fn cni_network(layout: &Layout, subnet: &str) -> serde_json::Value {
                 "hairpinMode": false,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": subnet }]],
+                    "ranges": [[{ "subnet": subnet, "gateway": gateway }]],
+                    "routes": [{ "dst": format!("{}/32", gateway::SERVICE_IP), "gw": gateway }],
                     "dataDir": layout.dir.join("cni-ipam"),
                 },
             },
             { "type": "loopback" },
         ],
-    })
+    }))
 }
 
 /// Starts containerd and waits until it answers on its socket.
@@ -232,15 +236,16 @@ mod tests {
             "cluster1-real1",
             "tbabcdefc1n1",
         );
-        let network = cni_network(&layout, "10.244.1.0/24");
+        let network = cni_network(&layout, "10.244.1.0/24").unwrap();
         let bridge = &network["plugins"][0];
         assert_eq!(bridge["type"], "bridge");
         assert_eq!(bridge["isGateway"], false);
         assert_eq!(bridge["ipMasq"], false);
         assert_eq!(bridge["bridge"], "tbabcdefc1n1");
-        assert!(
-            bridge["ipam"].get("routes").is_none(),
-            "no route off the bridge"
+        assert_eq!(
+            bridge["ipam"]["routes"],
+            json!([{ "dst": "10.96.0.1/32", "gw": "10.244.1.1" }]),
+            "the only route off the bridge: to the apiserver, through the node's gateway"
         );
         assert_eq!(network["plugins"][1]["type"], "loopback");
     }

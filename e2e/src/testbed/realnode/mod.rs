@@ -7,6 +7,7 @@
 //! state file is gone. See `docs/testbed.md` ("Real nodes").
 
 mod containerd;
+mod gateway;
 pub(crate) mod host;
 mod kubelet;
 
@@ -33,7 +34,12 @@ use super::{
 pub use kubelet::Machine;
 
 /// Processes of real nodes, as `process::started_in` names them.
-pub(crate) const PROGRAMS: &[&str] = &["kubelet", "containerd", "containerd-shim-runc-v2"];
+pub(crate) const PROGRAMS: &[&str] = &[
+    "kubelet",
+    "containerd",
+    "containerd-shim-runc-v2",
+    gateway::PROGRAM,
+];
 
 /// What the state file remembers of a real node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -42,7 +48,7 @@ pub struct RealNodeState {
     pub dir: PathBuf,
     /// Name of its cgroup root, bridge and CNI network.
     pub slot: String,
-    /// containerd, then the kubelet.
+    /// Its gateway, containerd, then the kubelet.
     pub processes: Vec<ProcessRecord>,
 }
 
@@ -165,12 +171,16 @@ async fn start_processes(
     std::fs::create_dir_all(layout.dir.join("containerd"))
         .with_context(|| format!("cannot create {}", layout.dir.display()))?;
     host::create_cgroup(&layout.slot)?;
-    // A /24 per node: the bridges are isolated, so nodes of other test beds may reuse it.
+    // A /24 per node. No address of it is on the host (the gateway has a namespace of its
+    // own), so nodes of other test beds may reuse it.
     let subnet = format!(
         "10.244.{}.0/24",
         (spec.cluster_index - 1) * 16 + spec.node_index
     );
     containerd::configure(layout, &subnet)?;
+    state
+        .processes
+        .push(gateway::start(layout, &subnet, &spec.cluster.server).await?);
     state
         .processes
         .push(containerd::start(layout, spec.containerd).await?);
@@ -244,7 +254,7 @@ fn teardown_nodes(dir: &Path, prefix: &str, processes: Vec<ProcessRecord>) -> an
     host::kill_cgroup_processes(&cgroups);
     let shim_sockets: Vec<PathBuf> = runtime
         .iter()
-        .filter(|p| p.name != "containerd")
+        .filter(|p| p.name == "containerd-shim-runc-v2")
         .flat_map(|p| host::shim_socket_paths(p.pid))
         .collect();
     process::stop_all(&runtime, Duration::from_secs(5));
