@@ -5,7 +5,9 @@
 # - pause.tar: registry.k8s.io/pause:3.10, the sandbox image (pause/pause.c, gcc -static);
 # - busybox.tar: docker.io/library/busybox:1.35, Debian's busybox-static (1.35) with its
 #   applets (not `latest`, which Kubernetes always pulls);
-# - proxy-waiter.tar: the product image, exactly as `make images` builds it.
+# - proxy-waiter.tar: the product image, exactly as `make images` builds it;
+# - argoexec.tar: quay.io/argoproj/argoexec at the version of e2e/tools/argo, Argo's executor
+#   as `make tools` builds it (static), so step pods on real nodes run the real one.
 # Each is rebuilt only when what it is made of changed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -59,4 +61,15 @@ fi
 if ! up_to_date "$out/proxy-waiter.tar" "$waiter" "$here/build.sh"; then
   "$here/build.sh" proxy-waiter "$waiter"
   cp "$root/target/images/proxy-waiter.tar" "$out/proxy-waiter.tar"
+fi
+
+argoexec="$root/target/tools/bin/argoexec"
+if [[ ! -x "$argoexec" ]]; then
+  echo "node image argoexec: skipped, $argoexec is not built (make tools)" >&2
+elif ! up_to_date "$out/argoexec.tar" "$argoexec" "$0"; then
+  version="$(awk '$1=="require" && $2=="github.com/argoproj/argo-workflows/v3" {print $3}' "$root/e2e/tools/argo/go.mod")"
+  mkdir -p "$work/argoexec/bin" "$work/argoexec/tmp"
+  chmod 1777 "$work/argoexec/tmp"
+  cp "$argoexec" "$work/argoexec/bin/argoexec"
+  image "$out/argoexec.tar" "quay.io/argoproj/argoexec:$version" "$work/argoexec" --entrypoint '["argoexec"]'
 fi
