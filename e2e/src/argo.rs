@@ -45,7 +45,8 @@ use crate::{
 pub const VERSION: &str = "v3.7.18";
 /// Namespace of the controller, its ConfigMap and its ServiceAccount.
 pub const NAMESPACE: &str = "argo";
-/// Executor image named in step pods (never pulled: kwok runs no containers).
+/// Executor image named in step pods: on real nodes, the argoexec `make tools` builds (`make
+/// node-images` imports it; never pulled); kwok runs no containers.
 pub const EXECUTOR_IMAGE: &str = "quay.io/argoproj/argoexec:v3.7.18";
 /// Name of the controller's record among its cluster's processes in `state.json`.
 pub const PROCESS_NAME: &str = "workflow-controller";
@@ -697,6 +698,87 @@ async fn shutdown(
             Err(e) => return Err(e).with_context(|| format!("cannot {strategy} {name}")),
         }
     }
+}
+
+/// What a Pod node of a Workflow ended with, as its user reads it: the fields that must be the
+/// same whether the step ran in its own cluster or through a proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub phase: String,
+    pub message: String,
+    pub exit_code: Option<String>,
+    pub result: Option<String>,
+    /// Output parameters, by name.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl WorkflowStatus {
+    /// The outcome of every Pod node, by display name (a retried step's attempts are
+    /// `name(0)`, `name(1)`…).
+    pub fn step_outcomes(&self) -> BTreeMap<String, StepOutcome> {
+        self.nodes
+            .values()
+            .filter(|n| n.type_ == "Pod")
+            .map(|n| (n.display_name.clone(), n.outcome()))
+            .collect()
+    }
+}
+
+impl NodeStatus {
+    fn outcome(&self) -> StepOutcome {
+        let outputs = self.outputs.clone().unwrap_or(Value::Null);
+        let text = |key: &str| outputs.get(key).and_then(Value::as_str).map(str::to_string);
+        let parameters = outputs
+            .get("parameters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.get("name")?.as_str()?.to_string(),
+                    p.get("value")?.as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        StepOutcome {
+            phase: self.phase.clone(),
+            message: self.message.clone(),
+            exit_code: text("exitCode"),
+            result: text("result"),
+            parameters,
+        }
+    }
+}
+
+/// Gives `service_account` of `namespace` what Argo's emissary executor needs (Argo's
+/// recommended `executor` Role: create and patch WorkflowTaskResults), in a cluster where step
+/// pods or their delegates run.
+pub async fn grant_executor(
+    client: &Client,
+    namespace: &str,
+    service_account: &str,
+) -> anyhow::Result<()> {
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": { "name": "argo-executor", "namespace": namespace },
+        "rules": [{
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflowtaskresults"],
+            "verbs": ["create", "patch"],
+        }],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": format!("argo-executor-{service_account}"), "namespace": namespace },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "argo-executor" },
+        "subjects": [{ "kind": "ServiceAccount", "name": service_account, "namespace": namespace }],
+    });
+    for doc in [role, binding] {
+        apply(client, &doc)
+            .await
+            .with_context(|| format!("cannot grant the executor its rights in {namespace}"))?;
+    }
+    Ok(())
 }
 
 /// The step pods of a Workflow (label `workflows.argoproj.io/workflow`).

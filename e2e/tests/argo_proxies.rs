@@ -19,7 +19,7 @@ use e2e::{
     TestEnv, TestNamespace,
     argo::{self, ANNOTATION_NODE_ID},
     lifecycle,
-    support::{unique_name, wait_for},
+    support::wait_for,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -34,46 +34,7 @@ const LABEL: &str = "argo-proxies";
 /// Argo on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync, and an
 /// opted-in namespace; None (the test passes, saying why) when the controller is not built.
 async fn argo_with_pieces(test: &str) -> Option<(TestNamespace, Client, pieces::Running)> {
-    argo_with_pieces_on(test, pieces::Proxies::OnFakeNodes).await
-}
-
-/// Like [`argo_with_pieces`], with the proxies where `proxies` says.
-async fn argo_with_pieces_on(
-    test: &str,
-    proxies: pieces::Proxies,
-) -> Option<(TestNamespace, Client, pieces::Running)> {
-    if !argo::available() {
-        eprintln!(
-            "skipping {test}: Argo's workflow-controller is not built (`e2e/tools/build.sh argo`; \
-             `make test` always builds it)"
-        );
-        return None;
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let env = TestEnv::get().await.unwrap();
-    let testbed = env.testbed().unwrap();
-    argo::install(&testbed, "cluster1", &["cluster2"])
-        .await
-        .unwrap();
-    argo::start(&testbed, "cluster1").await.unwrap();
-    let selector = unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            "argo-proxies",
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (LABEL.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
-    if proxies == pieces::Proxies::OnRealNodes {
-        env.require_real_nodes().unwrap();
-    }
-    let running = pieces::start_with(env, LABEL, &selector, proxies).await;
-    // The apiserver picks a new webhook configuration up within moments.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Some((ns, env.client("cluster1").await.unwrap(), running))
+    pieces::argo_scene(test, LABEL, pieces::Proxies::OnFakeNodes).await
 }
 
 /// A workflow of one elected step, pinned to cluster2, that runs until stopped.
@@ -460,7 +421,7 @@ async fn terminating_or_deleting_a_workflow_stops_its_delegates() {
 #[tokio::test]
 async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_node() {
     let Some((ns, client, _pieces)) =
-        argo_with_pieces_on("stop_real", pieces::Proxies::OnRealNodes).await
+        pieces::argo_scene("stop_real", LABEL, pieces::Proxies::OnRealNodes).await
     else {
         return;
     };

@@ -1,5 +1,5 @@
 //! The webhook and delegate-sync started in the test's process, as tests of the whole journey
-//! need them (shared by `journey.rs` and `argo_proxies.rs`).
+//! need them (shared by `journey.rs`, `argo_proxies.rs`, `argo_executor.rs` and others).
 
 #![allow(dead_code)]
 
@@ -35,6 +35,48 @@ pub enum Proxies {
     OnFakeNodes,
     /// The test bed's real nodes, where the real `proxy-waiter` image runs.
     OnRealNodes,
+}
+
+/// Argo on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync with
+/// proxies where `proxies` says, and a namespace opted in for `label`; None (the test passes,
+/// saying why) when the controller is not built.
+pub async fn argo_scene(
+    test: &str,
+    label: &str,
+    proxies: Proxies,
+) -> Option<(e2e::TestNamespace, kube::Client, Running)> {
+    if !e2e::argo::available() {
+        eprintln!(
+            "skipping {test}: Argo's workflow-controller is not built (`e2e/tools/build.sh argo`; \
+             `make test` always builds it)"
+        );
+        return None;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = TestEnv::get().await.unwrap();
+    let testbed = env.testbed().unwrap();
+    e2e::argo::install(&testbed, "cluster1", &["cluster2"])
+        .await
+        .unwrap();
+    e2e::argo::start(&testbed, "cluster1").await.unwrap();
+    let selector = e2e::support::unique_name("sel");
+    let ns = env
+        .namespace_with_labels(
+            label,
+            BTreeMap::from([
+                ("multicluster-scheduler".into(), "enabled".into()),
+                (label.into(), selector.clone()),
+            ]),
+        )
+        .await
+        .unwrap();
+    if proxies == Proxies::OnRealNodes {
+        env.require_real_nodes().unwrap();
+    }
+    let running = start_with(env, label, &selector, proxies).await;
+    // The apiserver picks a new webhook configuration up within moments.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Some((ns, env.client("cluster1").await.unwrap(), running))
 }
 
 /// A fresh namespace `test-…`, opted in to a webhook started here that puts proxies on the
