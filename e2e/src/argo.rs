@@ -74,6 +74,8 @@ pub struct Binaries {
     pub controller: PathBuf,
     /// Directory of Argo's minimal CRDs (`argoproj.io_*.yaml`).
     pub crds: PathBuf,
+    /// Directory of the example workflows of the same release (`examples/*.yaml`).
+    pub examples: PathBuf,
 }
 
 /// The controller and CRDs in `$TESTBED_TOOLS_BIN`, else in `target/tools/bin` of the
@@ -85,6 +87,7 @@ pub fn binaries() -> anyhow::Result<Binaries> {
     let found = Binaries {
         controller: dir.join("workflow-controller"),
         crds: dir.join("argo-crds"),
+        examples: dir.join("argo-examples"),
     };
     if !found.controller.is_file() || !found.crds.join(TASK_RESULT_CRD_FILE).is_file() {
         bail!(
@@ -125,10 +128,13 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
             "metadata": { "name": CONFIGMAP, "namespace": NAMESPACE },
             // Metrics would listen on the fixed port 9090 of every interface and panic when
             // another test bed's controller holds it. A one-line value must be flow-style YAML.
-            // The wait container requests 100m CPU, as in the blog's clusters.
+            // The wait container requests 100m CPU, as in the blog's clusters. `images` gives
+            // the entrypoint of the real nodes' busybox, which the controller would otherwise
+            // ask a registry for when a step names no command.
             "data": {
                 "metricsConfig": "{enabled: false}",
                 "executor": "{resources: {requests: {cpu: 100m}}}",
+                "images": format!("{{\"{}\": {{cmd: [sh]}}}}", crate::nodes::BUSYBOX_IMAGE),
             },
         },
     ]);
@@ -381,6 +387,13 @@ fn spawn_supervised(
         .arg(format!("--executor-image={EXECUTOR_IMAGE}"))
         .env("LEADER_ELECTION_DISABLE", "true")
         .env("DEFAULT_REQUEUE_TIME", "1s")
+        // Nothing may leave this machine. The controller asks an image's registry for its
+        // entrypoint when a step gives no command and the image is not in the ConfigMap's
+        // `images`: that request now fails at once against a closed loopback port, without a
+        // DNS lookup. Loopback (its apiserver) is never proxied.
+        .env("HTTPS_PROXY", "http://127.0.0.1:1")
+        .env("HTTP_PROXY", "http://127.0.0.1:1")
+        .env("NO_PROXY", "127.0.0.1,localhost")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -673,6 +686,33 @@ pub async fn terminate(client: &Client, namespace: &str, name: &str) -> anyhow::
 /// `workflow/util/util.go`): refuse a completed Workflow, else a JSON merge patch of
 /// `spec.shutdown`, retried on conflicts and transient errors (the CLI adds user-action labels
 /// only when it knows the user's claims, which a kubeconfig does not give).
+/// Resumes a suspended Workflow as `argo resume` does: marks its running Suspend nodes
+/// Succeeded and clears `spec.suspend`.
+pub async fn resume(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let current = status(client, namespace, name).await?;
+    let resumed: serde_json::Map<String, Value> = current
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.type_ == "Suspend" && n.phase == "Running")
+        .map(|(id, _)| {
+            (
+                id.clone(),
+                json!({ "phase": "Succeeded", "finishedAt": now }),
+            )
+        })
+        .collect();
+    workflows(client, namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": null }, "status": { "nodes": resumed } })),
+        )
+        .await
+        .with_context(|| format!("cannot resume {namespace}/{name}"))?;
+    Ok(())
+}
+
 async fn shutdown(
     client: &Client,
     namespace: &str,
@@ -713,13 +753,31 @@ pub struct StepOutcome {
 }
 
 impl WorkflowStatus {
-    /// The outcome of every Pod node, by display name (a retried step's attempts are
-    /// `name(0)`, `name(1)`…).
-    pub fn step_outcomes(&self) -> BTreeMap<String, StepOutcome> {
+    /// The outcome of every node of the Workflow named `workflow`, by its name in the workflow
+    /// (`[0].hello1`, `.onExit`, `(0)`…: the node's name less the workflow's), so that two runs
+    /// of one workflow compare.
+    /// Node IDs in messages (`child 'wf-1234' failed`) become such names too.
+    pub fn step_outcomes(&self, workflow: &str) -> BTreeMap<String, StepOutcome> {
+        let relative = |n: &NodeStatus| {
+            let name = n.name.strip_prefix(workflow).unwrap_or(&n.name);
+            format!("{name} ({})", n.type_)
+        };
+        // Longest first: the workflow's own node ID is a prefix of every other.
+        let mut ids: Vec<(&String, String)> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| (id, format!("'{}'", relative(n))))
+            .collect();
+        ids.sort_by_key(|(id, _)| std::cmp::Reverse(id.len()));
         self.nodes
             .values()
-            .filter(|n| n.type_ == "Pod")
-            .map(|n| (n.display_name.clone(), n.outcome()))
+            .map(|n| {
+                let mut outcome = n.outcome();
+                for (id, name) in &ids {
+                    outcome.message = outcome.message.replace(&format!("'{id}'"), name);
+                }
+                (relative(n), outcome)
+            })
             .collect()
     }
 }
@@ -1040,14 +1098,55 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The blog's workflows (`../shared/seed/`), as its posts submitted them apart from the test
-/// bed's run-for annotation standing for `sleep 10` and a quoted `"10"` (Argo 3.7 refuses a
-/// number in `command`; the posts ran Argo 2.x).
+/// The blog's workflows (`../shared/seed/`), as its posts submitted them apart from where the
+/// steps run ([`Steps`]) and a quoted `"10"` (Argo 3.7 refuses a number in `command`; the posts
+/// ran Argo 2.x).
 pub mod blog {
-    use crate::lifecycle::RUN_FOR;
+    use crate::{lifecycle::RUN_FOR, nodes};
+
+    /// Where a workflow's steps run.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Steps<'a> {
+        /// On kwok's fake nodes, each ending after `run_for` (the test bed's annotation standing
+        /// for `sleep 10`); tests play Argo's executor there.
+        OnFakeNodes { run_for: &'a str },
+        /// On the test bed's real nodes: `sleep 10` runs, with Argo's real executor.
+        OnRealNodes,
+    }
+
+    impl Steps<'_> {
+        /// The image of the blog's `busybox`: one the real nodes have (`busybox` is `latest`,
+        /// which Kubernetes always pulls).
+        fn image(self) -> &'static str {
+            match self {
+                Self::OnFakeNodes { .. } => "busybox",
+                Self::OnRealNodes => nodes::BUSYBOX_IMAGE,
+            }
+        }
+
+        /// Workflow `spec` lines that put every step where it runs.
+        fn placement(self) -> String {
+            match self {
+                Self::OnFakeNodes { .. } => String::new(),
+                Self::OnRealNodes => format!(
+                    "  nodeSelector:\n    {kind}: {real}\n  tolerations:\n  - {{key: {kind}, operator: Equal, value: {real}, effect: NoSchedule}}\n",
+                    kind = nodes::KIND_LABEL,
+                    real = nodes::REAL
+                ),
+            }
+        }
+
+        /// Step annotation lines (each followed by `indent`) for the fake nodes' run time.
+        fn annotations(self, indent: &str) -> String {
+            match self {
+                Self::OnFakeNodes { run_for } => format!("{RUN_FOR}: {run_for}\n{indent}"),
+                Self::OnRealNodes => String::new(),
+            }
+        }
+    }
 
     /// Scenario A: ten parallel steps of 100m (plus Argo's 100m wait container), elected or not.
-    pub fn scenario_a(multicluster: bool, run_for: &str) -> String {
+    pub fn scenario_a(multicluster: bool, steps: Steps<'_>) -> String {
         let (prefix, elect) = if multicluster {
             (
                 "multicluster",
@@ -1056,13 +1155,15 @@ pub mod blog {
         } else {
             ("singlecluster", "")
         };
+        let (image, placement) = (steps.image(), steps.placement());
+        let run_for = steps.annotations("        ");
         format!(
             r#"
 metadata:
   generateName: {prefix}-parallel-
 spec:
   entrypoint: {prefix}-parallel
-  templates:
+{placement}  templates:
   - name: {prefix}-parallel
     steps:
     - - name: sleep
@@ -1070,27 +1171,29 @@ spec:
         withItems: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
   - name: sleep
     container:
-      image: busybox
+      image: {image}
       command: [sleep, "10"]
       resources:
         requests:
           cpu: 100m # Note: Argo sidecar adds another 100m
     metadata:
       annotations:
-        {elect}{RUN_FOR}: {run_for}
+        {elect}{run_for}
 "#
         )
     }
 
     /// Scenario B: a DAG where B must run in cluster2 and C runs after A and B.
-    pub fn scenario_b(run_for: &str) -> String {
+    pub fn scenario_b(steps: Steps<'_>) -> String {
+        let (image, placement) = (steps.image(), steps.placement());
+        let run_for = steps.annotations("        ");
         format!(
             r#"
 metadata:
   generateName: multicluster-dag-
 spec:
   entrypoint: multicluster-dag
-  templates:
+{placement}  templates:
   - name: multicluster-dag
     dag:
       tasks:
@@ -1107,23 +1210,23 @@ spec:
         template: sleep
   - name: sleep
     container:
-      image: busybox
+      image: {image}
       command: [sleep, "10"]
     metadata:
       annotations:
-        {RUN_FOR}: {run_for}
+        {run_for}
   - name: sleep-remote
     inputs:
       parameters:
       - name: clustername
     container:
-      image: busybox
+      image: {image}
       command: [sleep, "10"]
     metadata:
       annotations:
         multicluster.admiralty.io/elect: ""
         multicluster.admiralty.io/clustername: "{{{{inputs.parameters.clustername}}}}"
-        {RUN_FOR}: {run_for}
+        {run_for}
 "#
         )
     }

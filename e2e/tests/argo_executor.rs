@@ -98,7 +98,7 @@ async fn run(client: &Client, ns: &TestNamespace, yaml: &str) -> BTreeMap<String
         .await
         .unwrap();
     eprintln!("{name}: {} {:#}", status.phase, status.raw);
-    status.step_outcomes()
+    status.step_outcomes(&name)
 }
 
 #[tokio::test]
@@ -123,7 +123,11 @@ async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_rea
         ("fail", "Failed", "3"),
     ];
     for (step, phase, code) in expected {
-        let outcome = &at_home[step];
+        let outcome = at_home
+            .iter()
+            .find(|(name, _)| name.ends_with(&format!(".{step} (Pod)")))
+            .map(|(_, o)| o)
+            .unwrap_or_else(|| panic!("no step {step}: {at_home:?}"));
         assert_eq!(outcome.phase, phase, "{step} at home: {outcome:?}");
         assert_eq!(
             outcome.exit_code.as_deref(),
@@ -132,7 +136,10 @@ async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_rea
         );
     }
     assert_eq!(
-        at_home["produce"].parameters.get("x").map(String::as_str),
+        at_home["[0].produce (Pod)"]
+            .parameters
+            .get("x")
+            .map(String::as_str),
         Some("forty-two"),
         "Argo's own executor reported the output parameter: {at_home:?}"
     );

@@ -99,9 +99,13 @@ async fn blog_scenario_a_spreads_ten_parallel_steps_over_both_clusters() {
         return;
     };
     let started = Instant::now();
-    let name = argo::submit_yaml(&client, &ns.name, &argo::blog::scenario_a(true, "3s"))
-        .await
-        .unwrap();
+    let name = argo::submit_yaml(
+        &client,
+        &ns.name,
+        &argo::blog::scenario_a(true, argo::blog::Steps::OnFakeNodes { run_for: "3s" }),
+    )
+    .await
+    .unwrap();
     let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
         .await
         .unwrap();
@@ -132,9 +136,13 @@ async fn blog_scenario_b_runs_b_in_cluster2_and_c_after_a_and_b() {
         return;
     };
     let started = Instant::now();
-    let name = argo::submit_yaml(&client, &ns.name, &argo::blog::scenario_b("2s"))
-        .await
-        .unwrap();
+    let name = argo::submit_yaml(
+        &client,
+        &ns.name,
+        &argo::blog::scenario_b(argo::blog::Steps::OnFakeNodes { run_for: "2s" }),
+    )
+    .await
+    .unwrap();
     let status = argo::wait_finished(&client, &ns.name, &name, TIMEOUT)
         .await
         .unwrap();

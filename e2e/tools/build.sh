@@ -64,7 +64,7 @@ build_helm() {
 
 # Argo's workflow-controller and executor (argoexec, which the real nodes run as an image) for
 # the Argo end-to-end tests and demo. Also ships the minimal CRDs of the same release in
-# $1/argo-crds (target/tools/bin/argo-crds).
+# $1/argo-crds and its example workflows in $1/argo-examples (target/tools/bin/argo-*).
 build_argo() {
   local m=github.com/argoproj/argo-workflows/v3 v info dir commit
   v="$(version_of "$m" .)"
@@ -89,9 +89,10 @@ build_argo() {
       -ldflags "-s -w -X $m.version=$v -X $m.gitTag=$v -X $m.gitCommit=$commit -X $m.gitTreeState=clean" \
       -o "$1/" "$m/cmd/workflow-controller" "$m/cmd/argoexec")
   rm -rf "$work"
-  mkdir -p "$1/argo-crds"
+  mkdir -p "$1/argo-crds" "$1/argo-examples"
   cp "$dir"/manifests/base/crds/minimal/argoproj.io_*.yaml "$1/argo-crds/"
-  chmod u+w "$1"/argo-crds/*.yaml
+  cp "$dir"/examples/*.yaml "$1/argo-examples/"
+  chmod u+w "$1"/argo-crds/*.yaml "$1"/argo-examples/*.yaml
 }
 
 tools=("$@")
