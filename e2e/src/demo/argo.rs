@@ -1,5 +1,6 @@
 //! The blog's Argo workflows ([`e2e::argo::blog`]) on Argo's real workflow-controller
-//! (v3.7.18, built by `make tools`) in the source cluster.
+//! (v3.7.18, built by `make tools`) in the source cluster, their steps on the real nodes with
+//! Argo's real executor.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +38,7 @@ pub fn scenarios() -> Vec<ArgoScenario> {
             "Argo, scenario A, single cluster",
             false,
             "1 min 16 s, 4 waves",
-            argo::blog::scenario_a(false, "10s"),
+            argo::blog::scenario_a(false, argo::blog::Steps::OnRealNodes),
         ),
         scenario(
             "argo-a-multi",
@@ -45,7 +46,7 @@ pub fn scenarios() -> Vec<ArgoScenario> {
             "Argo, scenario A, multicluster",
             true,
             "31 s, 2 waves",
-            argo::blog::scenario_a(true, "10s"),
+            argo::blog::scenario_a(true, argo::blog::Steps::OnRealNodes),
         ),
         scenario(
             "argo-b",
@@ -53,7 +54,7 @@ pub fn scenarios() -> Vec<ArgoScenario> {
             "Argo, scenario B, multicluster DAG (B pinned to cluster2)",
             true,
             "26 s",
-            argo::blog::scenario_b("10s"),
+            argo::blog::scenario_b(argo::blog::Steps::OnRealNodes),
         ),
     ]
 }
@@ -77,6 +78,20 @@ pub async fn start(env: &Env) -> anyhow::Result<()> {
         crate::shown(&controller.log),
         targets.join(", ")
     );
+    Ok(())
+}
+
+/// Gives the namespace's `default` ServiceAccount what Argo's executor needs, in every cluster
+/// the scenario's step pods or delegates run in.
+pub async fn grant_executor(env: &Env, scenario: &Scenario) -> anyhow::Result<()> {
+    let clusters: Vec<&str> = if scenario.elected {
+        env.clusters.iter().map(String::as_str).collect()
+    } else {
+        vec![SOURCE]
+    };
+    for cluster in clusters {
+        argo::grant_executor(&env.client(cluster)?, scenario.namespace, "default").await?;
+    }
     Ok(())
 }
 

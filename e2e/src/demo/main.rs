@@ -556,12 +556,13 @@ async fn scenarios(cli: &Cli, env: &Env, running: &mut Running) -> anyhow::Resul
     if !argo_scenarios.is_empty() {
         step("Argo Workflows: the blog's workflows as the posts submitted them");
         println!(
-            "  step pods, and so the delegates, run on the fake (kwok) nodes: Argo's executor image\n  \
-             is not on the real nodes yet; the proxies run proxy-waiter on the real nodes"
+            "  every step pod, and so every delegate, runs `sleep 10` on the real nodes with Argo's\n  \
+             real executor (init, wait, main); the proxies run proxy-waiter on the real nodes"
         );
         argo::start(env).await?;
         for s in &argo_scenarios {
             scenario::create_namespace(env, &s.scenario).await?;
+            argo::grant_executor(env, &s.scenario).await?;
         }
     }
     for s in &argo_scenarios {
