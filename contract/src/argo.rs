@@ -11,3 +11,6 @@ pub const OUTPUTS_COMPLETED_LABEL: &str = "workflows.argoproj.io/report-outputs-
 pub const NODE_ID: &str = "workflows.argoproj.io/node-id";
 /// Annotation of a step pod: the name of its node, e.g. `wf[0].a`.
 pub const NODE_NAME: &str = "workflows.argoproj.io/node-name";
+/// Label of a Workflow, its step pods and task results when its controller has an instance ID
+/// (`instanceID` in the controller's ConfigMap): a controller only sees objects with its own.
+pub const INSTANCE_ID_LABEL: &str = "workflows.argoproj.io/controller-instanceid";

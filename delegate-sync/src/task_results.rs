@@ -26,7 +26,9 @@ use serde_json::{Map, Value, json};
 use crate::delegate::{DELEGATE_LABEL, PROXY_CLUSTER};
 
 /// Argo's labels and annotation (`workflow/common/common.go`).
-pub use contract::argo::{NODE_ID, OUTPUTS_COMPLETED_LABEL as COMPLETED_LABEL, WORKFLOW_LABEL};
+pub use contract::argo::{
+    INSTANCE_ID_LABEL, NODE_ID, OUTPUTS_COMPLETED_LABEL as COMPLETED_LABEL, WORKFLOW_LABEL,
+};
 
 const FIELD_MANAGER: &str = "delegate-sync";
 
@@ -35,6 +37,9 @@ const FIELD_MANAGER: &str = "delegate-sync";
 pub struct Step {
     pub node_id: String,
     pub workflow: String,
+    /// The instance ID of the workflow's controller, if it has one: that controller sees only
+    /// task results labelled with it.
+    pub instance_id: Option<String>,
 }
 
 /// The step, from the saved manifest's annotations and labels; None for pods Argo did not make.
@@ -45,6 +50,7 @@ pub fn step_of(saved: &Value) -> Option<Step> {
     Some(Step {
         node_id: node_id.to_string(),
         workflow: workflow.to_string(),
+        instance_id: text("labels", INSTANCE_ID_LABEL).map(str::to_string),
     })
 }
 
@@ -80,7 +86,7 @@ pub async fn claim(
 }
 
 fn claimed_result(step: &Step, delegate: &Pod, source_cluster: &str) -> Value {
-    json!({
+    let mut claim = json!({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "WorkflowTaskResult",
         "metadata": {
@@ -97,7 +103,12 @@ fn claimed_result(step: &Step, delegate: &Pod, source_cluster: &str) -> Value {
                 "uid": delegate.uid().unwrap_or_default(),
             }],
         },
-    })
+    });
+    // As Argo's executor labels the result it creates (from its ARGO_INSTANCE_ID).
+    if let Some(id) = &step.instance_id {
+        claim["metadata"]["labels"][INSTANCE_ID_LABEL] = json!(id);
+    }
+    claim
 }
 
 /// True when the result in the delegate's cluster is owned by the delegate.
@@ -224,6 +235,11 @@ fn mirrored_result(proxy: &Pod, step: &Step, found: &DynamicObject, delegate_end
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     labels.insert(WORKFLOW_LABEL.into(), json!(step.workflow));
+    // Which controller reads the copy is the workflow's business, never the delegate's.
+    match &step.instance_id {
+        Some(id) => labels.insert(INSTANCE_ID_LABEL.into(), json!(id)),
+        None => labels.remove(INSTANCE_ID_LABEL),
+    };
     let complete = delegate_ended || is_complete(found);
     labels.insert(COMPLETED_LABEL.into(), json!(complete.to_string()));
     let owners: Vec<Value> = proxy
@@ -264,6 +280,15 @@ mod tests {
         Step {
             node_id: "wf-123".into(),
             workflow: "wf".into(),
+            instance_id: None,
+        }
+    }
+
+    /// A step of a workflow whose controller has the instance ID `i`.
+    fn step_of_instance() -> Step {
+        Step {
+            instance_id: Some("i".into()),
+            ..step()
         }
     }
 
@@ -274,6 +299,9 @@ mod tests {
             "annotations": { NODE_ID: "wf-123", "other": "x" },
         }});
         assert_eq!(step_of(&saved), Some(step()));
+        let mut labelled = saved.clone();
+        labelled["metadata"]["labels"][INSTANCE_ID_LABEL] = json!("i");
+        assert_eq!(step_of(&labelled), Some(step_of_instance()));
         assert_eq!(
             step_of(&json!({ "metadata": { "labels": { WORKFLOW_LABEL: "wf" } } })),
             None
@@ -297,8 +325,13 @@ mod tests {
             claim["metadata"]["ownerReferences"],
             json!([{ "apiVersion": "v1", "kind": "Pod", "name": "c1-ns-wf-123", "uid": "d-uid" }])
         );
+        assert!(claim["metadata"]["labels"].get(INSTANCE_ID_LABEL).is_none());
         // No node result: the executor's patches of outputs must not be overwritten.
         assert!(claim.get("outputs").is_none() && claim.get("phase").is_none());
+        // The executor only patches a claimed result's outputs: the instance ID its own
+        // create would have set comes with the claim.
+        let claim = claimed_result(&step_of_instance(), &delegate, "cluster1");
+        assert_eq!(claim["metadata"]["labels"][INSTANCE_ID_LABEL], "i");
     }
 
     #[test]
@@ -313,17 +346,21 @@ mod tests {
             "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
             "metadata": { "name": "wf-123", "namespace": "ns", "resourceVersion": "7", "uid": "t-uid",
                 "labels": { WORKFLOW_LABEL: "forged", COMPLETED_LABEL: "false", DELEGATE_LABEL: "true",
-                            PROXY_CLUSTER: "cluster1", "workflows.argoproj.io/controller-instanceid": "i" } },
+                            PROXY_CLUSTER: "cluster1", INSTANCE_ID_LABEL: "forged" } },
             "phase": "Succeeded",
             "outputs": { "parameters": [{ "name": "x", "value": "42" }] },
         }))
         .unwrap();
-        let running = mirrored_result(&proxy, &step(), &found, false);
+        let running = mirrored_result(&proxy, &step_of_instance(), &found, false);
         assert_eq!(running["metadata"]["labels"][COMPLETED_LABEL], "false");
         assert_eq!(running["metadata"]["labels"][WORKFLOW_LABEL], "wf");
-        assert_eq!(
-            running["metadata"]["labels"]["workflows.argoproj.io/controller-instanceid"],
-            "i"
+        assert_eq!(running["metadata"]["labels"][INSTANCE_ID_LABEL], "i");
+        let without_instance = mirrored_result(&proxy, &step(), &found, false);
+        assert!(
+            without_instance["metadata"]["labels"]
+                .get(INSTANCE_ID_LABEL)
+                .is_none(),
+            "a label the delegate's side set never picks the controller"
         );
         assert!(running["metadata"]["labels"].get(DELEGATE_LABEL).is_none());
         assert!(running["metadata"].get("resourceVersion").is_none());
@@ -333,7 +370,7 @@ mod tests {
         );
         assert_eq!(running["outputs"]["parameters"][0]["value"], "42");
         assert_eq!(running["phase"], "Succeeded");
-        let ended = mirrored_result(&proxy, &step(), &found, true);
+        let ended = mirrored_result(&proxy, &step_of_instance(), &found, true);
         assert_eq!(ended["metadata"]["labels"][COMPLETED_LABEL], "true");
 
         // A copy that holds all this needs no write; one that lacks the end does.
