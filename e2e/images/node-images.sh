@@ -6,8 +6,9 @@
 # - busybox.tar: docker.io/library/busybox:1.35, Debian's busybox-static (1.35) with its
 #   applets (not `latest`, which Kubernetes always pulls);
 # - proxy-waiter.tar: the product image, exactly as `make images` builds it;
-# - argoexec.tar: quay.io/argoproj/argoexec at the version of e2e/tools/argo, Argo's executor
-#   as `make tools` builds it (static), so step pods on real nodes run the real one.
+# - argoexec.tar, argoexec4.tar: quay.io/argoproj/argoexec at the versions of e2e/tools/argo
+#   and e2e/tools/argo4, Argo's executor as `make tools` builds it (static), so step pods on
+#   real nodes run the real one.
 # Each is rebuilt only when what it is made of changed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -63,13 +64,21 @@ if ! up_to_date "$out/proxy-waiter.tar" "$waiter" "$here/build.sh"; then
   cp "$root/target/images/proxy-waiter.tar" "$out/proxy-waiter.tar"
 fi
 
-argoexec="$root/target/tools/bin/argoexec"
-if [[ ! -x "$argoexec" ]]; then
-  echo "node image argoexec: skipped, $argoexec is not built (make tools)" >&2
-elif ! up_to_date "$out/argoexec.tar" "$argoexec" "$0"; then
-  version="$(awk '$1=="require" && $2=="github.com/argoproj/argo-workflows/v3" {print $3}' "$root/e2e/tools/argo/go.mod")"
-  mkdir -p "$work/argoexec/bin" "$work/argoexec/tmp"
-  chmod 1777 "$work/argoexec/tmp"
-  cp "$argoexec" "$work/argoexec/bin/argoexec"
-  image "$out/argoexec.tar" "quay.io/argoproj/argoexec:$version" "$work/argoexec" --entrypoint '["argoexec"]'
-fi
+# argoexec_image SUFFIX TOOLS_MODULE: Argo's executor as `make tools` built it (argoexec or
+# argoexec4), named as its controller names it in step pods.
+argoexec_image() {
+  local suffix="$1" module="$2" binary="$root/target/tools/bin/argoexec$1" archive="$out/argoexec$1.tar" version dir
+  if [[ ! -x "$binary" ]]; then
+    echo "node image argoexec$suffix: skipped, $binary is not built (make tools)" >&2
+    return
+  fi
+  up_to_date "$archive" "$binary" "$0" && return
+  version="$(awk -v m="$module" '$1=="require" && $2==m {print $3}' "$root/e2e/tools/argo$suffix/go.mod")"
+  dir="$work/argoexec$suffix"
+  mkdir -p "$dir/bin" "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  cp "$binary" "$dir/bin/argoexec"
+  image "$archive" "quay.io/argoproj/argoexec:$version" "$dir" --entrypoint '["argoexec"]'
+}
+argoexec_image "" github.com/argoproj/argo-workflows/v3
+argoexec_image 4 github.com/argoproj/argo-workflows/v4

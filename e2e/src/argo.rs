@@ -41,7 +41,8 @@ use crate::{
     testbed::{TOOLS_BIN_ENV, Testbed, process, workspace_target_dir},
 };
 
-/// The Argo Workflows release the test bed builds (`e2e/tools/argo/go.mod`).
+/// The Argo Workflows release the test bed builds (`e2e/tools/argo/go.mod`) and that tests
+/// and the demo run unless they say otherwise ([`Release::V3_7`]).
 pub const VERSION: &str = "v3.7.18";
 /// Namespace of the controller, its ConfigMap and its ServiceAccount.
 pub const NAMESPACE: &str = "argo";
@@ -59,6 +60,67 @@ pub use contract::argo::{
     OUTPUTS_COMPLETED_LABEL as LABEL_REPORT_OUTPUTS_COMPLETED, WORKFLOW_LABEL as LABEL_WORKFLOW,
 };
 
+/// An Argo release the test bed builds and runs: 3.7, and 4.0 beside it in the same cluster (a
+/// test fixture: `e2e/tools/argo4/go.mod`). Argo 4's controller has an instance ID and takes only
+/// the Workflows labelled with it ([`Release::claim`]); 3.7's takes only unlabelled ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    V3_7,
+    V4_0,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Release::V3_7, Release::V4_0];
+
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::V3_7 => VERSION,
+            Self::V4_0 => "v4.0.5",
+        }
+    }
+
+    /// Suffix of its files in the tools directory (`workflow-controller4`, `argo4-examples`).
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::V3_7 => "",
+            Self::V4_0 => "4",
+        }
+    }
+
+    /// Namespace of its controller, ConfigMap and ServiceAccount.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Self::V3_7 => NAMESPACE,
+            Self::V4_0 => "argo4",
+        }
+    }
+
+    /// The executor image its controller names in step pods.
+    pub fn executor_image(self) -> String {
+        format!("quay.io/argoproj/argoexec:{}", self.version())
+    }
+
+    /// Name of its controller's record among its cluster's processes in `state.json`.
+    pub fn process_name(self) -> String {
+        format!("{PROCESS_NAME}{}", self.suffix())
+    }
+
+    fn instance_id(self) -> Option<&'static str> {
+        match self {
+            Self::V3_7 => None,
+            Self::V4_0 => Some("argo4"),
+        }
+    }
+
+    /// Makes a Workflow (JSON) this release's: its controller's instance ID as a label.
+    pub fn claim(self, workflow: &mut Value) {
+        if let Some(id) = self.instance_id() {
+            workflow["metadata"]["labels"][INSTANCE_ID_LABEL] = json!(id);
+        }
+    }
+}
+
+const INSTANCE_ID_LABEL: &str = "workflows.argoproj.io/controller-instanceid";
 const FIELD_MANAGER: &str = "e2e-argo";
 const RBAC_YAML: &str = include_str!("../testbed/argo/rbac.yaml");
 const CONFIGMAP: &str = "workflow-controller-configmap";
@@ -81,18 +143,26 @@ pub struct Binaries {
 /// The controller and CRDs in `$TESTBED_TOOLS_BIN`, else in `target/tools/bin` of the
 /// workspace; a clear error says how to build them when missing.
 pub fn binaries() -> anyhow::Result<Binaries> {
+    binaries_of(Release::V3_7)
+}
+
+/// Like [`binaries`], of `release`. The CRDs are always 3.7's: both releases' minimal CRDs
+/// differ only in descriptions, and one cluster holds one set.
+pub fn binaries_of(release: Release) -> anyhow::Result<Binaries> {
     let dir = std::env::var_os(TOOLS_BIN_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_target_dir().join("tools/bin"));
+    let suffix = release.suffix();
     let found = Binaries {
-        controller: dir.join("workflow-controller"),
+        controller: dir.join(format!("{PROCESS_NAME}{suffix}")),
         crds: dir.join("argo-crds"),
-        examples: dir.join("argo-examples"),
+        examples: dir.join(format!("argo{suffix}-examples")),
     };
     if !found.controller.is_file() || !found.crds.join(TASK_RESULT_CRD_FILE).is_file() {
         bail!(
-            "Argo's workflow-controller or CRDs not found in {} (run `make tools` or \
-             `e2e/tools/build.sh argo`; `make test` builds them)",
+            "Argo {}'s workflow-controller or CRDs not found in {} (run `make tools` or \
+             `e2e/tools/build.sh argo argo4`; `make test` builds them)",
+            release.version(),
             dir.display()
         );
     }
@@ -109,7 +179,18 @@ pub fn available() -> bool {
 /// apply, so it is idempotent and safe to run from parallel tests; waits until the CRDs are
 /// established.
 pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyhow::Result<()> {
-    let binaries = binaries()?;
+    install_release(testbed, cluster, targets, Release::V3_7).await
+}
+
+/// Like [`install`], for `release` (its own namespace, ConfigMap and ServiceAccount).
+pub async fn install_release(
+    testbed: &Testbed,
+    cluster: &str,
+    targets: &[&str],
+    release: Release,
+) -> anyhow::Result<()> {
+    let binaries = binaries_of(release)?;
+    let namespace = release.namespace();
     let client = testbed.client(cluster).await?;
     let mut crd_files: Vec<PathBuf> = fs::read_dir(&binaries.crds)
         .with_context(|| format!("cannot read {}", binaries.crds.display()))?
@@ -122,10 +203,10 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
         crds.extend(apply_file(&client, file).await?);
     }
     let namespace_and_config = json!([
-        { "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } },
+        { "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } },
         {
             "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": { "name": CONFIGMAP, "namespace": NAMESPACE },
+            "metadata": { "name": CONFIGMAP, "namespace": namespace },
             // Metrics would listen on the fixed port 9090 of every interface and panic when
             // another test bed's controller holds it. A one-line value must be flow-style YAML.
             // The wait container requests 100m CPU, as in the blog's clusters. `images` gives
@@ -135,6 +216,7 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
                 "metricsConfig": "{enabled: false}",
                 "executor": "{resources: {requests: {cpu: 100m}}}",
                 "images": format!("{{\"{}\": {{cmd: [sh]}}}}", crate::nodes::BUSYBOX_IMAGE),
+                "instanceID": release.instance_id().unwrap_or_default(),
             },
         },
     ]);
@@ -143,9 +225,11 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
             .await
             .with_context(|| format!("{cluster}: cannot install Argo"))?;
     }
-    apply_yaml(&client, RBAC_YAML)
-        .await
-        .with_context(|| format!("{cluster}: cannot install Argo's RBAC"))?;
+    for doc in rbac(release)? {
+        apply(&client, &doc)
+            .await
+            .with_context(|| format!("{cluster}: cannot install Argo's RBAC"))?;
+    }
     wait_established(&client, cluster, &crds).await?;
 
     let task_result_crd = binaries.crds.join(TASK_RESULT_CRD_FILE);
@@ -157,6 +241,32 @@ pub async fn install(testbed: &Testbed, cluster: &str, targets: &[&str]) -> anyh
         wait_established(&client, target, &names).await?;
     }
     Ok(())
+}
+
+/// Argo's RBAC for `release`'s controller: in its namespace, with a ClusterRoleBinding of its
+/// own (the ClusterRole is the same for both releases: their manifests do not differ).
+fn rbac(release: Release) -> anyhow::Result<Vec<Value>> {
+    let namespace = release.namespace();
+    let mut docs = Vec::new();
+    for text in RBAC_YAML.split("\n---\n") {
+        let mut doc: Value = serde_saphyr::from_str(text).context("Argo's RBAC YAML")?;
+        if doc.pointer("/metadata/namespace").is_some() {
+            doc["metadata"]["namespace"] = json!(namespace);
+        }
+        for subject in doc
+            .get_mut("subjects")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            subject["namespace"] = json!(namespace);
+        }
+        if doc["kind"] == "ClusterRoleBinding" {
+            doc["metadata"]["name"] = json!(format!("argo{}-binding", release.suffix()));
+        }
+        docs.push(doc);
+    }
+    Ok(docs)
 }
 
 async fn apply_file(client: &Client, file: &Path) -> anyhow::Result<Vec<String>> {
@@ -232,6 +342,7 @@ pub struct Controller {
     pub log: PathBuf,
     /// False when an already running controller was found.
     pub started: bool,
+    pub release: Release,
 }
 
 impl Controller {
@@ -257,8 +368,21 @@ impl Controller {
 /// ServiceAccount `argo/argo`. Its health endpoint takes the fixed port 6060 of every
 /// interface; when another controller holds it, it only logs that.
 pub async fn start(testbed: &Testbed, cluster: &str) -> anyhow::Result<Controller> {
-    let binaries = binaries()?;
-    let dir = testbed.cluster(cluster)?.dir.join("argo");
+    start_release(testbed, cluster, Release::V3_7).await
+}
+
+/// Like [`start`], the controller of `release` (files in `<cluster>/argo<suffix>/`).
+pub async fn start_release(
+    testbed: &Testbed,
+    cluster: &str,
+    release: Release,
+) -> anyhow::Result<Controller> {
+    let binaries = binaries_of(release)?;
+    let process_name = release.process_name();
+    let dir = testbed
+        .cluster(cluster)?
+        .dir
+        .join(format!("argo{}", release.suffix()));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let _lock = FileLock::acquire(&dir.join("lock")).await?;
     let log = dir.join("workflow-controller.log");
@@ -270,7 +394,7 @@ pub async fn start(testbed: &Testbed, cluster: &str) -> anyhow::Result<Controlle
         .cluster(cluster)?
         .processes
         .iter()
-        .find(|p| p.name == PROCESS_NAME && p.is_running())
+        .find(|p| p.name == process_name && p.is_running())
         .map(|p| p.pid)
         .filter(|_| generation_file.exists());
     let controller = match running {
@@ -279,11 +403,17 @@ pub async fn start(testbed: &Testbed, cluster: &str) -> anyhow::Result<Controlle
             pid,
             log,
             started: false,
+            release,
         },
         None => {
             let kubeconfig = dir.join("kubeconfig");
             let text = testbed
-                .service_account_kubeconfig(cluster, NAMESPACE, SERVICE_ACCOUNT, TOKEN_TTL)
+                .service_account_kubeconfig(
+                    cluster,
+                    release.namespace(),
+                    SERVICE_ACCOUNT,
+                    TOKEN_TTL,
+                )
                 .await
                 .with_context(|| format!("{cluster}: is Argo installed (argo::install)?"))?;
             write_private(&kubeconfig, text.as_bytes())?;
@@ -291,17 +421,19 @@ pub async fn start(testbed: &Testbed, cluster: &str) -> anyhow::Result<Controlle
             certs::write_atomically(&generation_file, generation.as_bytes())?;
             let pid = spawn_supervised(
                 &binaries.controller,
+                release,
                 &kubeconfig,
                 &generation_file,
                 &generation,
                 &log,
             )?;
-            record(testbed.dir(), cluster, pid, &log)?;
+            record(testbed.dir(), cluster, &process_name, pid, &log)?;
             Controller {
                 cluster: cluster.to_string(),
                 pid,
                 log,
                 started: true,
+                release,
             }
         }
     };
@@ -340,7 +472,7 @@ pub async fn stop_controller(testbed: &Testbed, cluster: &str) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    update_records(testbed.dir(), cluster, |_| {})
+    update_records(testbed.dir(), cluster, PROCESS_NAME, |_| {})
 }
 
 /// The supervisor: `$1` generation file, `$2` generation, then the controller's command line.
@@ -363,6 +495,7 @@ stop
 
 fn spawn_supervised(
     program: &Path,
+    release: Release,
     kubeconfig: &Path,
     generation_file: &Path,
     generation: &str,
@@ -382,9 +515,9 @@ fn spawn_supervised(
         .arg(generation)
         .arg(program)
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg(format!("--namespace={NAMESPACE}"))
+        .arg(format!("--namespace={}", release.namespace()))
         .arg("--namespaced=false")
-        .arg(format!("--executor-image={EXECUTOR_IMAGE}"))
+        .arg(format!("--executor-image={}", release.executor_image()))
         .env("LEADER_ELECTION_DISABLE", "true")
         .env("DEFAULT_REQUEUE_TIME", "1s")
         // Nothing may leave this machine. The controller asks an image's registry for its
@@ -405,12 +538,12 @@ fn spawn_supervised(
 
 /// Adds (or replaces) the controller's record among its cluster's processes in `state.json`,
 /// so `testbed down` stops it with the rest of the bed.
-fn record(dir: &Path, cluster: &str, pid: i32, log: &Path) -> anyhow::Result<()> {
+fn record(dir: &Path, cluster: &str, name: &str, pid: i32, log: &Path) -> anyhow::Result<()> {
     let start_ticks =
         process::start_ticks(pid).context("the workflow-controller exited at once")?;
-    update_records(dir, cluster, |processes| {
+    update_records(dir, cluster, name, |processes| {
         processes.push(json!({
-            "name": PROCESS_NAME, "pid": pid, "log": log, "start_ticks": start_ticks,
+            "name": name, "pid": pid, "log": log, "start_ticks": start_ticks,
         }));
     })
 }
@@ -419,6 +552,7 @@ fn record(dir: &Path, cluster: &str, pid: i32, log: &Path) -> anyhow::Result<()>
 fn update_records(
     dir: &Path,
     cluster: &str,
+    name: &str,
     add: impl FnOnce(&mut Vec<Value>),
 ) -> anyhow::Result<()> {
     let path = dir.join("state.json");
@@ -437,7 +571,7 @@ fn update_records(
         .and_then(|c| c.get_mut("processes"))
         .and_then(Value::as_array_mut)
         .with_context(|| format!("no processes of {cluster} in {}", path.display()))?;
-    processes.retain(|p| p.get("name").and_then(Value::as_str) != Some(PROCESS_NAME));
+    processes.retain(|p| p.get("name").and_then(Value::as_str) != Some(name));
     add(processes);
     certs::write_atomically(&path, serde_json::to_string_pretty(&state)?.as_bytes())?;
     Ok(())
@@ -446,13 +580,16 @@ fn update_records(
 /// Waits until the controller gives a probe Workflow (one suspended step: no pod) a status.
 async fn wait_ready(testbed: &Testbed, controller: &Controller) -> anyhow::Result<()> {
     let client = testbed.client(&controller.cluster).await?;
-    let probe = json!({
+    let mut probe = json!({
         "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
         "metadata": { "name": unique_name("ready") },
         "spec": { "entrypoint": "wait", "templates": [{ "name": "wait", "suspend": {} }] },
     });
-    let name = submit(&client, NAMESPACE, &probe).await?;
-    let api = workflows(&client, NAMESPACE);
+    controller.release.claim(&mut probe);
+    let namespace = controller.release.namespace();
+    let name = submit(&client, namespace, &probe).await?;
+    let api = workflows(&client, namespace);
+    let process_name = controller.release.process_name();
     let deadline = Instant::now() + READY_TIMEOUT;
     let result = loop {
         let fresh = Testbed::attach(testbed.dir())?;
@@ -460,7 +597,7 @@ async fn wait_ready(testbed: &Testbed, controller: &Controller) -> anyhow::Resul
             .cluster(&controller.cluster)?
             .processes
             .iter()
-            .any(|p| p.name == PROCESS_NAME && p.pid == controller.pid && p.is_running());
+            .any(|p| p.name == process_name && p.pid == controller.pid && p.is_running());
         if !alive {
             break Err(anyhow::anyhow!(
                 "{}: the workflow-controller exited; last lines of {}:\n{}",

@@ -3,7 +3,8 @@
 //! with every step elected (`spec.podMetadata`) and sent to cluster2. What Argo records of each
 //! node (phase, message, exit code, result, output parameters) must be the same, or be a known
 //! limit this file names with its reason. The table is written to
-//! `target/argo-examples/summary.md`.
+//! `target/argo-examples/summary-<version>.md`. Both releases the test bed builds run them
+//! (3.7.18 and 4.0.5, each with its own examples), one after the other.
 //!
 //! What changes in an example before it runs (nothing can be pulled here): every image becomes
 //! the nodes' `busybox:1.35` (the examples' alpine, debian and busybox images run `sh`, `echo`
@@ -17,7 +18,7 @@ use std::{collections::BTreeSet, fmt::Write as _, time::Duration};
 
 use e2e::{
     TestNamespace,
-    argo::{self, StepOutcome, WorkflowStatus},
+    argo::{self, Release, StepOutcome, WorkflowStatus},
     nodes,
 };
 use futures::StreamExt as _;
@@ -166,8 +167,8 @@ fn localize_container(container: &mut Value) {
     }
 }
 
-fn read_example(file: &str) -> Value {
-    let path = argo::binaries().unwrap().examples.join(file);
+fn read_example(release: Release, file: &str) -> Value {
+    let path = argo::binaries_of(release).unwrap().examples.join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -262,8 +263,9 @@ fn stopped_exit_code_race(home: &StepOutcome, proxied: &StepOutcome) -> bool {
         }
 }
 
-async fn compare(client: &Client, ns: &TestNamespace, example: &Example) -> Row {
-    let source = read_example(example.file);
+async fn compare(client: &Client, ns: &TestNamespace, release: Release, example: &Example) -> Row {
+    let mut source = read_example(release, example.file);
+    release.claim(&mut source);
     let (home, proxied) = (
         localize(source.clone(), false, example.act),
         localize(source, true, example.act),
@@ -307,10 +309,23 @@ fn describe(outcome: Option<&StepOutcome>) -> String {
     outcome.map_or("(none)".into(), |o| format!("{o:?}"))
 }
 
+/// One release at a time: both at once would overload the one real node of each cluster.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
-async fn argos_examples_end_through_proxies_as_they_end_at_home() {
+async fn on_argo_3_7_the_examples_end_through_proxies_as_they_end_at_home() {
+    examples_end_as_at_home(Release::V3_7).await;
+}
+
+#[tokio::test]
+async fn on_argo_4_0_the_examples_end_through_proxies_as_they_end_at_home() {
+    examples_end_as_at_home(Release::V4_0).await;
+}
+
+async fn examples_end_as_at_home(release: Release) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some((ns, client, _pieces)) =
-        pieces::argo_scene(LABEL, LABEL, pieces::Proxies::OnRealNodes).await
+        pieces::argo_scene(LABEL, LABEL, pieces::Proxies::OnRealNodes, release).await
     else {
         return;
     };
@@ -322,7 +337,7 @@ async fn argos_examples_end_through_proxies_as_they_end_at_home() {
     }
     let started = std::time::Instant::now();
     let rows: Vec<Row> = futures::stream::iter(EXAMPLES)
-        .map(|example| compare(&client, &ns, example))
+        .map(|example| compare(&client, &ns, release, example))
         .buffered(AT_ONCE)
         .collect()
         .await;
@@ -357,7 +372,11 @@ async fn argos_examples_end_through_proxies_as_they_end_at_home() {
     );
     let dir = e2e::testbed::workspace_target_dir().join("argo-examples");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("summary.md"), &table).unwrap();
+    std::fs::write(
+        dir.join(format!("summary-{}.md", release.version())),
+        &table,
+    )
+    .unwrap();
     eprintln!("{table}");
     let differing: Vec<&Row> = rows
         .iter()

@@ -1,4 +1,5 @@
-//! Argo's real executor (argoexec v3.7.18, built by `make tools`, imported by every real node)
+//! Argo's real executor (argoexec v3.7.18 and v4.0.5, built by `make tools`, imported by every
+//! real node)
 //! in step pods on the test bed's real nodes, with nothing played by the test: the `init`,
 //! `wait` and `main` (emissary) containers run, the `wait` container writes the step's outputs
 //! into a WorkflowTaskResult through its cluster's apiserver (reached through the node's
@@ -15,7 +16,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use e2e::{
     TestNamespace,
-    argo::{self, StepOutcome},
+    argo::{self, Release, StepOutcome},
     nodes,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -91,9 +92,16 @@ spec:
     )
 }
 
-/// Runs `yaml` to its end and returns what Argo recorded of each step.
-async fn run(client: &Client, ns: &TestNamespace, yaml: &str) -> BTreeMap<String, StepOutcome> {
-    let name = argo::submit_yaml(client, &ns.name, yaml).await.unwrap();
+/// Runs `yaml` on `release` to its end and returns what Argo recorded of each step.
+async fn run(
+    client: &Client,
+    ns: &TestNamespace,
+    release: Release,
+    yaml: &str,
+) -> BTreeMap<String, StepOutcome> {
+    let mut workflow: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    release.claim(&mut workflow);
+    let name = argo::submit(client, &ns.name, &workflow).await.unwrap();
     let status = argo::wait_finished(client, &ns.name, &name, TIMEOUT)
         .await
         .unwrap();
@@ -102,9 +110,18 @@ async fn run(client: &Client, ns: &TestNamespace, yaml: &str) -> BTreeMap<String
 }
 
 #[tokio::test]
-async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_real_executor() {
+async fn on_argo_3_7_a_step_proxied_to_cluster2_ends_as_at_home_with_the_real_executor() {
+    proxied_steps_end_as_at_home(Release::V3_7).await;
+}
+
+#[tokio::test]
+async fn on_argo_4_0_a_step_proxied_to_cluster2_ends_as_at_home_with_the_real_executor() {
+    proxied_steps_end_as_at_home(Release::V4_0).await;
+}
+
+async fn proxied_steps_end_as_at_home(release: Release) {
     let Some((ns, client, _pieces)) =
-        pieces::argo_scene(LABEL, LABEL, pieces::Proxies::OnRealNodes).await
+        pieces::argo_scene(LABEL, LABEL, pieces::Proxies::OnRealNodes, release).await
     else {
         return;
     };
@@ -116,7 +133,7 @@ async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_rea
             .unwrap();
     }
 
-    let at_home = run(&client, &ns, &workflow("home", "{}")).await;
+    let at_home = run(&client, &ns, release, &workflow("home", "{}")).await;
     let expected = [
         ("produce", "Succeeded", "0"),
         ("consume", "Succeeded", "0"),
@@ -145,7 +162,7 @@ async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_rea
     );
 
     let elected = r#"{annotations: {multicluster.admiralty.io/elect: "", multicluster.admiralty.io/clustername: cluster2}}"#;
-    let proxied = run(&client, &ns, &workflow("proxied", elected)).await;
+    let proxied = run(&client, &ns, release, &workflow("proxied", elected)).await;
     assert_eq!(
         proxied, at_home,
         "every step ends through its proxy as it ends at home"
@@ -180,7 +197,7 @@ async fn a_step_proxied_to_cluster2_ends_as_argo_records_it_at_home_with_the_rea
             .collect();
         for name in ["init", "wait"] {
             assert!(
-                images.contains(&(name, Some(argo::EXECUTOR_IMAGE))),
+                images.contains(&(name, Some(release.executor_image().as_str()))),
                 "{} runs Argo's executor in {name}: {images:?}",
                 delegate.name_any()
             );

@@ -34,7 +34,13 @@ const LABEL: &str = "argo-proxies";
 /// Argo on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync, and an
 /// opted-in namespace; None (the test passes, saying why) when the controller is not built.
 async fn argo_with_pieces(test: &str) -> Option<(TestNamespace, Client, pieces::Running)> {
-    pieces::argo_scene(test, LABEL, pieces::Proxies::OnFakeNodes).await
+    pieces::argo_scene(
+        test,
+        LABEL,
+        pieces::Proxies::OnFakeNodes,
+        argo::Release::V3_7,
+    )
+    .await
 }
 
 /// A workflow of one elected step, pinned to cluster2, that runs until stopped.
@@ -428,8 +434,13 @@ async fn terminating_or_deleting_a_workflow_stops_its_delegates() {
 
 #[tokio::test]
 async fn stopping_a_workflow_execs_the_kill_command_into_its_proxy_on_a_real_node() {
-    let Some((ns, client, _pieces)) =
-        pieces::argo_scene("stop_real", LABEL, pieces::Proxies::OnRealNodes).await
+    let Some((ns, client, _pieces)) = pieces::argo_scene(
+        "stop_real",
+        LABEL,
+        pieces::Proxies::OnRealNodes,
+        argo::Release::V3_7,
+    )
+    .await
     else {
         return;
     };

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's Go tools from their pinned modules, once per version.
 #
-#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm argo)
+#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm argo argo4)
 #
 # Binaries are cached outside the checkout, keyed by the tool's go.mod and go.sum, so a
 # fresh clone on the same machine (CI) reuses them; target/tools/bin gets symlinks.
@@ -19,11 +19,14 @@ version_of() { awk -v m="$1" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" 
 
 # Rough first-build times measured on a 2-core machine, to tell a newcomer what to expect.
 declare -A took=([kubernetes]="about 6 minutes" [etcd]="about 40 s" [kwok]="about 1.5 minutes"
-  [helm]="about 1.5 minutes" [argo]="about 6 minutes")
+  [helm]="about 1.5 minutes" [argo]="about 6 minutes" [argo4]="about 6 minutes")
+
+# The functions a tool's recipe calls besides its own, so that a change to them rebuilds it.
+recipe_helpers() { if [[ "$1" == argo* ]]; then echo build_argo_release; fi; }
 
 build_tool() {
   local tool="$1" dir="$here/$1" key out started
-  key="$({ cat "$dir/go.mod" "$dir/go.sum"; declare -f "build_$tool"; } | sha256sum | cut -c1-12)"
+  key="$({ cat "$dir/go.mod" "$dir/go.sum"; declare -f "build_$tool" $(recipe_helpers "$tool"); } | sha256sum | cut -c1-12)"
   out="$cache/$tool-$key"
   mkdir -p "$links"
   if [[ -f "$out/.complete" ]]; then
@@ -65,8 +68,15 @@ build_helm() {
 # Argo's workflow-controller and executor (argoexec, which the real nodes run as an image) for
 # the Argo end-to-end tests and demo. Also ships the minimal CRDs of the same release in
 # $1/argo-crds and its example workflows in $1/argo-examples (target/tools/bin/argo-*).
-build_argo() {
-  local m=github.com/argoproj/argo-workflows/v3 v info dir commit
+build_argo() { build_argo_release github.com/argoproj/argo-workflows/v3 "$1" ""; }
+
+# Argo 4 beside it (a test fixture, never shipped; see argo4/go.mod), its files suffixed `4`:
+# workflow-controller4, argoexec4, argo4-crds, argo4-examples.
+build_argo4() { build_argo_release github.com/argoproj/argo-workflows/v4 "$1" 4; }
+
+# build_argo_release MODULE OUT SUFFIX
+build_argo_release() {
+  local m="$1" out="$2" suffix="$3" v info dir commit
   v="$(version_of "$m" .)"
   # `go list -m` names no directory before the module is downloaded: on a fresh machine the
   # CRDs would be copied from /manifests. `go mod download` downloads and then names it.
@@ -84,17 +94,18 @@ build_argo() {
   os="$work/argo-workflows/workflow/executor/osspecific"
   [[ -e "$os/signal_linux.go" ]] || cp "$os/signal_darwin.go" "$os/signal_linux.go"
   cp go.mod go.sum tools.go "$work/"
-  (cd "$work" && go mod edit -replace "$m=./argo-workflows" &&
+  (cd "$work" && go mod edit -replace "$m=./argo-workflows" && mkdir bin &&
     go build -trimpath \
       -ldflags "-s -w -X $m.version=$v -X $m.gitTag=$v -X $m.gitCommit=$commit -X $m.gitTreeState=clean" \
-      -o "$1/" "$m/cmd/workflow-controller" "$m/cmd/argoexec")
+      -o bin/ "$m/cmd/workflow-controller" "$m/cmd/argoexec" &&
+    mv bin/workflow-controller "$out/workflow-controller$suffix" && mv bin/argoexec "$out/argoexec$suffix")
   rm -rf "$work"
-  mkdir -p "$1/argo-crds" "$1/argo-examples"
-  cp "$dir"/manifests/base/crds/minimal/argoproj.io_*.yaml "$1/argo-crds/"
-  cp "$dir"/examples/*.yaml "$1/argo-examples/"
-  chmod u+w "$1"/argo-crds/*.yaml "$1"/argo-examples/*.yaml
+  mkdir -p "$out/argo$suffix-crds" "$out/argo$suffix-examples"
+  cp "$dir"/manifests/base/crds/minimal/argoproj.io_*.yaml "$out/argo$suffix-crds/"
+  cp "$dir"/examples/*.yaml "$out/argo$suffix-examples/"
+  chmod u+w "$out/argo$suffix"-crds/*.yaml "$out/argo$suffix"-examples/*.yaml
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm argo)
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm argo argo4)
 for t in "${tools[@]}"; do build_tool "$t"; done

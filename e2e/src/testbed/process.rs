@@ -170,6 +170,7 @@ const OUR_PROGRAMS: &[&str] = &[
     "kube-scheduler",
     "kwok",
     "workflow-controller",
+    "workflow-controller4",
     "kubelet",
     "containerd",
     "containerd-shim-runc-v2",

@@ -37,28 +37,28 @@ pub enum Proxies {
     OnRealNodes,
 }
 
-/// Argo on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync with
-/// proxies where `proxies` says, and a namespace opted in for `label`; None (the test passes,
-/// saying why) when the controller is not built.
+/// Argo `release` on cluster1 (the task-result CRD in cluster2), the webhook and delegate-sync
+/// with proxies where `proxies` says, and a namespace opted in for `label`; None (the test
+/// passes, saying why) when the controller is not built.
 pub async fn argo_scene(
     test: &str,
     label: &str,
     proxies: Proxies,
+    release: e2e::argo::Release,
 ) -> Option<(e2e::TestNamespace, kube::Client, Running)> {
-    if !e2e::argo::available() {
-        eprintln!(
-            "skipping {test}: Argo's workflow-controller is not built (`e2e/tools/build.sh argo`; \
-             `make test` always builds it)"
-        );
+    if let Err(e) = e2e::argo::binaries_of(release) {
+        eprintln!("skipping {test}: {e:#}");
         return None;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = TestEnv::get().await.unwrap();
     let testbed = env.testbed().unwrap();
-    e2e::argo::install(&testbed, "cluster1", &["cluster2"])
+    e2e::argo::install_release(&testbed, "cluster1", &["cluster2"], release)
         .await
         .unwrap();
-    e2e::argo::start(&testbed, "cluster1").await.unwrap();
+    e2e::argo::start_release(&testbed, "cluster1", release)
+        .await
+        .unwrap();
     let selector = e2e::support::unique_name("sel");
     let ns = env
         .namespace_with_labels(
