@@ -580,6 +580,67 @@ mod tests {
         );
     }
 
+    /// Argo 4.1's opt-in init-less layout (`initlessPod.enabled`; Argo's docs/initless-pod.md
+    /// and PR #16161, not served by the module proxy, so written from them): no init container,
+    /// a `supervisor` container in place of `init` and `wait`, argoexec mounted into `main` from
+    /// an image volume at `/argo-bin`, one sidecar per artifact plugin.
+    #[test]
+    fn an_argo_4_1_init_less_step_becomes_a_proxy_that_needs_no_image_volume() {
+        let argoexec = "quay.io/argoproj/argoexec:v4.1.0";
+        let mut pod = elected();
+        pod["metadata"]["labels"] = json!({ "workflows.argoproj.io/workflow": "wf" });
+        pod["spec"]["containers"] = json!([
+            { "name": "main", "image": "busybox",
+              "command": ["/argo-bin/argoexec", "emissary", "--", "sh", "-c", "echo hi"],
+              "volumeMounts": [
+                  { "name": "var-run-argo", "mountPath": "/var/run/argo" },
+                  { "name": "argo-bin", "mountPath": "/argo-bin", "readOnly": true },
+              ] },
+            { "name": "supervisor", "image": argoexec, "command": ["argoexec"], "args": ["supervisor"],
+              "volumeMounts": [{ "name": "var-run-argo", "mountPath": "/var/run/argo" }] },
+            { "name": "artifact-plugin-s3", "image": "example/s3-plugin:1" },
+        ]);
+        pod["spec"]["volumes"] = json!([
+            { "name": "var-run-argo", "emptyDir": {} },
+            { "name": "argo-bin", "image": { "reference": argoexec, "pullPolicy": "IfNotPresent" } },
+        ]);
+        let proxy = apply(&pod, mutate(&pod, "ns", &ProxySettings::default(), &key()));
+
+        assert!(proxy["spec"].get("initContainers").is_none());
+        let containers = proxy["spec"]["containers"].as_array().unwrap();
+        let names: Vec<&str> = containers
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["main", "supervisor", "artifact-plugin-s3"]);
+        for container in containers {
+            assert_eq!(container["command"], json!([WAITER_COMMAND]), "{container}");
+            assert!(
+                container.get("args").is_none(),
+                "every container waits: {container}"
+            );
+        }
+        assert_eq!(
+            proxy["spec"]["volumes"],
+            json!([{ "name": PODINFO_VOLUME, "downwardAPI": { "items": [{ "path": "annotations", "fieldRef": { "fieldPath": "metadata.annotations" } }] } }]),
+            "the proxy's node needs neither argoexec nor image volumes"
+        );
+        let annotations = proxy["metadata"]["annotations"].as_object().unwrap();
+        for name in names {
+            assert_eq!(
+                annotations[&format!("workflows.argoproj.io/kill-cmd-{name}")],
+                json!(r#"["/proxy-waiter","kill","%d"]"#),
+                "Argo stops {name} through the waiter"
+            );
+        }
+        let sealed = annotations[SOURCEPOD_MANIFEST].as_str().unwrap();
+        let saved: Value = serde_json::from_str(key().open("ns", sealed).unwrap()).unwrap();
+        assert_eq!(
+            saved["spec"], pod["spec"],
+            "the delegate runs Argo's layout as is (its cluster needs image volumes)"
+        );
+    }
+
     #[test]
     fn the_size_limit_counts_the_annotations_the_proxy_ends_with() {
         let added = [("k".to_string(), "vv".to_string())];
