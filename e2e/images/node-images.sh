@@ -74,6 +74,7 @@ argoexec_image() {
   fi
   up_to_date "$archive" "$binary" "$0" && return
   version="$(awk -v m="$module" '$1=="require" && $2==m {print $3}' "$root/e2e/tools/argo$suffix/go.mod")"
+  [[ -n "$version" ]] || { echo "node image argoexec$suffix: no version of $module in e2e/tools/argo$suffix/go.mod" >&2; exit 1; }
   dir="$work/argoexec$suffix"
   mkdir -p "$dir/bin" "$dir/tmp"
   chmod 1777 "$dir/tmp"

@@ -46,9 +46,6 @@ use crate::{
 pub const VERSION: &str = "v3.7.18";
 /// Namespace of the controller, its ConfigMap and its ServiceAccount.
 pub const NAMESPACE: &str = "argo";
-/// Executor image named in step pods: on real nodes, the argoexec `make tools` builds (`make
-/// node-images` imports it; never pulled); kwok runs no containers.
-pub const EXECUTOR_IMAGE: &str = "quay.io/argoproj/argoexec:v3.7.18";
 /// Name of the controller's record among its cluster's processes in `state.json`.
 pub const PROCESS_NAME: &str = "workflow-controller";
 /// The only CRD a cluster that runs delegates (and not Argo) needs: the executor of a step pod
@@ -56,7 +53,7 @@ pub const PROCESS_NAME: &str = "workflow-controller";
 pub const TASK_RESULT_CRD_FILE: &str = "argoproj.io_workflowtaskresults.yaml";
 
 pub use contract::argo::{
-    NODE_ID as ANNOTATION_NODE_ID, NODE_NAME as ANNOTATION_NODE_NAME,
+    INSTANCE_ID_LABEL, NODE_ID as ANNOTATION_NODE_ID, NODE_NAME as ANNOTATION_NODE_NAME,
     OUTPUTS_COMPLETED_LABEL as LABEL_REPORT_OUTPUTS_COMPLETED, WORKFLOW_LABEL as LABEL_WORKFLOW,
 };
 
@@ -95,7 +92,9 @@ impl Release {
         }
     }
 
-    /// The executor image its controller names in step pods.
+    /// The executor image its controller names in step pods: on real nodes, the argoexec
+    /// `make tools` builds (`make node-images` imports it; never pulled); kwok runs no
+    /// containers.
     pub fn executor_image(self) -> String {
         format!("quay.io/argoproj/argoexec:{}", self.version())
     }
@@ -120,7 +119,6 @@ impl Release {
     }
 }
 
-const INSTANCE_ID_LABEL: &str = "workflows.argoproj.io/controller-instanceid";
 const FIELD_MANAGER: &str = "e2e-argo";
 const RBAC_YAML: &str = include_str!("../testbed/argo/rbac.yaml");
 const CONFIGMAP: &str = "workflow-controller-configmap";
@@ -364,7 +362,7 @@ impl Controller {
 /// test bed. Logs go to `<test bed>/<cluster>/argo/workflow-controller.log`.
 ///
 /// The controller runs with leader election disabled (one per cluster), a requeue time of
-/// 1 s, metrics disabled, the executor image [`EXECUTOR_IMAGE`], and a kubeconfig of the
+/// 1 s, metrics disabled, the executor image [`Release::executor_image`], and a kubeconfig of the
 /// ServiceAccount `argo/argo`. Its health endpoint takes the fixed port 6060 of every
 /// interface; when another controller holds it, it only logs that.
 pub async fn start(testbed: &Testbed, cluster: &str) -> anyhow::Result<Controller> {
@@ -443,7 +441,20 @@ pub async fn start_release(
 
 /// Stops the workflow-controller of `cluster` if one runs, and removes its record.
 pub async fn stop_controller(testbed: &Testbed, cluster: &str) -> anyhow::Result<()> {
-    let dir = testbed.cluster(cluster)?.dir.join("argo");
+    stop_release(testbed, cluster, Release::V3_7).await
+}
+
+/// Like [`stop_controller`], the controller of `release`.
+pub async fn stop_release(
+    testbed: &Testbed,
+    cluster: &str,
+    release: Release,
+) -> anyhow::Result<()> {
+    let process_name = release.process_name();
+    let dir = testbed
+        .cluster(cluster)?
+        .dir
+        .join(format!("argo{}", release.suffix()));
     if !dir.exists() {
         return Ok(());
     }
@@ -455,7 +466,7 @@ pub async fn stop_controller(testbed: &Testbed, cluster: &str) -> anyhow::Result
         .cluster(cluster)?
         .processes
         .iter()
-        .find(|p| p.name == PROCESS_NAME && p.is_running())
+        .find(|p| p.name == process_name && p.is_running())
     {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p.pid),
@@ -464,15 +475,12 @@ pub async fn stop_controller(testbed: &Testbed, cluster: &str) -> anyhow::Result
         let deadline = Instant::now() + Duration::from_secs(10);
         while p.is_running() {
             if Instant::now() > deadline {
-                bail!(
-                    "{cluster}: workflow-controller (pid {}) did not stop",
-                    p.pid
-                );
+                bail!("{cluster}: {process_name} (pid {}) did not stop", p.pid);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    update_records(testbed.dir(), cluster, PROCESS_NAME, |_| {})
+    update_records(testbed.dir(), cluster, &process_name, |_| {})
 }
 
 /// The supervisor: `$1` generation file, `$2` generation, then the controller's command line.
@@ -819,10 +827,6 @@ pub async fn terminate(client: &Client, namespace: &str, name: &str) -> anyhow::
     shutdown(client, namespace, name, "Terminate").await
 }
 
-/// What `argo stop` / `argo terminate` do (`patchShutdownStrategy` in
-/// `workflow/util/util.go`): refuse a completed Workflow, else a JSON merge patch of
-/// `spec.shutdown`, retried on conflicts and transient errors (the CLI adds user-action labels
-/// only when it knows the user's claims, which a kubeconfig does not give).
 /// Resumes a suspended Workflow as `argo resume` does: marks its running Suspend nodes
 /// Succeeded and clears `spec.suspend`.
 pub async fn resume(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
@@ -850,6 +854,10 @@ pub async fn resume(client: &Client, namespace: &str, name: &str) -> anyhow::Res
     Ok(())
 }
 
+/// What `argo stop` / `argo terminate` do (`patchShutdownStrategy` in
+/// `workflow/util/util.go`): refuse a completed Workflow, else a JSON merge patch of
+/// `spec.shutdown`, retried on conflicts and transient errors (the CLI adds user-action labels
+/// only when it knows the user's claims, which a kubeconfig does not give).
 async fn shutdown(
     client: &Client,
     namespace: &str,
@@ -1282,6 +1290,16 @@ pub mod blog {
         }
     }
 
+    /// The value of an `annotations:` key whose lines (each followed by its indent) are `lines`:
+    /// `{}` when there are none.
+    fn annotations_value(lines: &str) -> String {
+        if lines.is_empty() {
+            "{}".into()
+        } else {
+            format!("\n        {lines}")
+        }
+    }
+
     /// Scenario A: ten parallel steps of 100m (plus Argo's 100m wait container), elected or not.
     pub fn scenario_a(multicluster: bool, steps: Steps<'_>) -> String {
         let (prefix, elect) = if multicluster {
@@ -1293,7 +1311,7 @@ pub mod blog {
             ("singlecluster", "")
         };
         let (image, placement) = (steps.image(), steps.placement());
-        let run_for = steps.annotations("        ");
+        let annotations = annotations_value(&format!("{elect}{}", steps.annotations("        ")));
         format!(
             r#"
 metadata:
@@ -1314,8 +1332,7 @@ spec:
         requests:
           cpu: 100m # Note: Argo sidecar adds another 100m
     metadata:
-      annotations:
-        {elect}{run_for}
+      annotations: {annotations}
 "#
         )
     }
@@ -1324,6 +1341,7 @@ spec:
     pub fn scenario_b(steps: Steps<'_>) -> String {
         let (image, placement) = (steps.image(), steps.placement());
         let run_for = steps.annotations("        ");
+        let annotations = annotations_value(&run_for);
         format!(
             r#"
 metadata:
@@ -1350,8 +1368,7 @@ spec:
       image: {image}
       command: [sleep, "10"]
     metadata:
-      annotations:
-        {run_for}
+      annotations: {annotations}
   - name: sleep-remote
     inputs:
       parameters:
@@ -1366,5 +1383,70 @@ spec:
         {run_for}
 "#
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blog_workflows_parse_with_their_steps_where_asked() {
+        use blog::{Steps, scenario_a, scenario_b};
+        for steps in [Steps::OnFakeNodes { run_for: "3s" }, Steps::OnRealNodes] {
+            for (yaml, elected) in [
+                (scenario_a(false, steps), false),
+                (scenario_a(true, steps), true),
+                (scenario_b(steps), true),
+            ] {
+                let workflow: Value = serde_saphyr::from_str(&yaml).unwrap();
+                let sleep = workflow["spec"]["templates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|t| t["name"] == "sleep")
+                    .unwrap();
+                let annotations = sleep["metadata"]["annotations"].as_object().unwrap();
+                let real = matches!(steps, Steps::OnRealNodes);
+                assert_eq!(
+                    annotations.contains_key(crate::lifecycle::RUN_FOR),
+                    !real,
+                    "{yaml}"
+                );
+                assert_eq!(
+                    workflow["spec"]["nodeSelector"][crate::nodes::KIND_LABEL]
+                        == crate::nodes::REAL,
+                    real,
+                    "{yaml}"
+                );
+                let elects = yaml.contains("multicluster.admiralty.io/elect");
+                assert_eq!(elects, elected, "{yaml}");
+            }
+        }
+    }
+
+    /// The controller names the executor image by these versions, and `make node-images` tags
+    /// the image it imports by the tools modules' versions: they must agree, or step pods wait
+    /// for an image nothing can pull.
+    #[test]
+    fn each_release_is_the_version_its_tools_module_builds() {
+        for (release, go_mod, module) in [
+            (
+                Release::V3_7,
+                include_str!("../tools/argo/go.mod"),
+                "github.com/argoproj/argo-workflows/v3",
+            ),
+            (
+                Release::V4_0,
+                include_str!("../tools/argo4/go.mod"),
+                "github.com/argoproj/argo-workflows/v4",
+            ),
+        ] {
+            let required = go_mod
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("require ")?.strip_prefix(module))
+                .map(str::trim);
+            assert_eq!(required, Some(release.version()), "{release:?}");
+        }
     }
 }

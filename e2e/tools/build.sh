@@ -90,6 +90,8 @@ build_argo_release() {
   # put back in its place (the module cache itself is read-only, overlays included).
   local work os
   work="$(mktemp -d)"
+  # Removed however the build ends (a failed step would skip a plain rm under `set -e`).
+  trap 'rm -rf "$work"; trap - RETURN' RETURN
   cp -r "$dir" "$work/argo-workflows" && chmod -R u+w "$work/argo-workflows"
   os="$work/argo-workflows/workflow/executor/osspecific"
   [[ -e "$os/signal_linux.go" ]] || cp "$os/signal_darwin.go" "$os/signal_linux.go"
@@ -99,7 +101,6 @@ build_argo_release() {
       -ldflags "-s -w -X $m.version=$v -X $m.gitTag=$v -X $m.gitCommit=$commit -X $m.gitTreeState=clean" \
       -o bin/ "$m/cmd/workflow-controller" "$m/cmd/argoexec" &&
     mv bin/workflow-controller "$out/workflow-controller$suffix" && mv bin/argoexec "$out/argoexec$suffix")
-  rm -rf "$work"
   mkdir -p "$out/argo$suffix-crds" "$out/argo$suffix-examples"
   cp "$dir"/manifests/base/crds/minimal/argoproj.io_*.yaml "$out/argo$suffix-crds/"
   cp "$dir"/examples/*.yaml "$out/argo$suffix-examples/"

@@ -18,6 +18,7 @@ use std::{
     process::Command,
     sync::mpsc,
     thread,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -83,7 +84,11 @@ fn main() -> anyhow::Result<()> {
                     }
                 });
             }
-            Err(e) => eprintln!("accept failed: {e}"),
+            Err(e) => {
+                // Out of descriptors, say: do not spin on it.
+                eprintln!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     Ok(())
@@ -164,10 +169,17 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies both ways until each side has ended its half.
+/// Copies both ways until each side has ended its half. A direction that fails ends both
+/// connections, so the other direction never waits on a peer that is gone (a pod deleted
+/// with its end of the bridge).
 fn relay(client: TcpStream, apiserver: SocketAddr) -> io::Result<()> {
     let server = TcpStream::connect(apiserver)?;
     let (mut client_in, mut server_out) = (client.try_clone()?, server.try_clone()?);
+    let (client_end, server_end) = (client.try_clone()?, server.try_clone()?);
+    let end_both = move || {
+        let _ = client_end.shutdown(Shutdown::Both);
+        let _ = server_end.shutdown(Shutdown::Both);
+    };
     let upstream = thread::spawn(move || {
         let copied = io::copy(&mut client_in, &mut server_out);
         let _ = server_out.shutdown(Shutdown::Write);
@@ -175,7 +187,14 @@ fn relay(client: TcpStream, apiserver: SocketAddr) -> io::Result<()> {
     });
     let (mut server_in, mut client_out) = (server, client);
     let copied = io::copy(&mut server_in, &mut client_out);
+    if copied.is_err() {
+        end_both();
+    }
     let _ = client_out.shutdown(Shutdown::Write);
     let up = upstream.join().unwrap_or(Ok(0));
+    if up.is_err() {
+        let _ = client_out.shutdown(Shutdown::Both);
+        let _ = server_in.shutdown(Shutdown::Both);
+    }
     copied.and(up).map(|_| ())
 }

@@ -1,4 +1,4 @@
-// Builds Argo Workflows' workflow-controller (and ships its CRDs) at a pinned version.
+// Builds Argo Workflows' workflow-controller and executor (argoexec), and ships its CRDs and examples, at a pinned version.
 module delegatepods.dev/e2e/tools/argo
 
 go 1.25.7

@@ -32,8 +32,9 @@ pub fn address(subnet: &str) -> anyhow::Result<String> {
     Ok(format!("{network}.1"))
 }
 
-/// The name of the veth end left on the host: the node's host name and `g`, so teardown finds
-/// it by the test bed's prefix (it goes with the gateway's namespace anyway).
+/// The name of the veth end left on the host: the node's slot (`tb<hash>c<i>n<j>`, its cgroup and
+/// bridge name) and `g`, so teardown finds it by the test bed's prefix (it goes with the
+/// gateway's namespace anyway).
 pub fn host_link(layout: &Layout) -> String {
     format!("{}g", layout.slot)
 }
@@ -66,7 +67,12 @@ pub async fn start(layout: &Layout, subnet: &str, server: &str) -> anyhow::Resul
             );
         }
         if Instant::now() > deadline {
-            bail!("the gateway of {} was not ready within 10 s", layout.name);
+            process::stop_all(std::slice::from_ref(&record), Duration::from_secs(2));
+            bail!(
+                "the gateway of {} was not ready within 10 s:\n{}",
+                layout.name,
+                record.log_tail(10)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
