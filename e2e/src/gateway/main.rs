@@ -169,32 +169,28 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies both ways until each side has ended its half. A direction that fails ends both
-/// connections, so the other direction never waits on a peer that is gone (a pod deleted
-/// with its end of the bridge).
+/// Copies both ways until each side has ended its half.
 fn relay(client: TcpStream, apiserver: SocketAddr) -> io::Result<()> {
     let server = TcpStream::connect(apiserver)?;
-    let (mut client_in, mut server_out) = (client.try_clone()?, server.try_clone()?);
-    let (client_end, server_end) = (client.try_clone()?, server.try_clone()?);
-    let end_both = move || {
-        let _ = client_end.shutdown(Shutdown::Both);
-        let _ = server_end.shutdown(Shutdown::Both);
-    };
-    let upstream = thread::spawn(move || {
-        let copied = io::copy(&mut client_in, &mut server_out);
-        let _ = server_out.shutdown(Shutdown::Write);
-        copied
-    });
-    let (mut server_in, mut client_out) = (server, client);
-    let copied = io::copy(&mut server_in, &mut client_out);
-    if copied.is_err() {
-        end_both();
+    let (client_out, server_out) = (client.try_clone()?, server.try_clone()?);
+    let upstream = thread::spawn(move || pump(client_out, server_out));
+    let downstream = pump(server, client);
+    downstream.and(upstream.join().unwrap_or(Ok(())))
+}
+
+/// Copies `from` to `to`, then ends `to`'s half. A failure ends both connections, so the
+/// other direction never waits on a peer that is gone (a pod deleted with its end of the
+/// bridge).
+fn pump(mut from: TcpStream, mut to: TcpStream) -> io::Result<()> {
+    match io::copy(&mut from, &mut to) {
+        Ok(_) => {
+            let _ = to.shutdown(Shutdown::Write);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            Err(e)
+        }
     }
-    let _ = client_out.shutdown(Shutdown::Write);
-    let up = upstream.join().unwrap_or(Ok(0));
-    if up.is_err() {
-        let _ = client_out.shutdown(Shutdown::Both);
-        let _ = server_in.shutdown(Shutdown::Both);
-    }
-    copied.and(up).map(|_| ())
 }
