@@ -377,10 +377,7 @@ pub async fn start_release(
 ) -> anyhow::Result<Controller> {
     let binaries = binaries_of(release)?;
     let process_name = release.process_name();
-    let dir = testbed
-        .cluster(cluster)?
-        .dir
-        .join(format!("argo{}", release.suffix()));
+    let dir = controller_dir(testbed, cluster, release)?;
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let _lock = FileLock::acquire(&dir.join("lock")).await?;
     let log = dir.join("workflow-controller.log");
@@ -451,10 +448,7 @@ pub async fn stop_release(
     release: Release,
 ) -> anyhow::Result<()> {
     let process_name = release.process_name();
-    let dir = testbed
-        .cluster(cluster)?
-        .dir
-        .join(format!("argo{}", release.suffix()));
+    let dir = controller_dir(testbed, cluster, release)?;
     if !dir.exists() {
         return Ok(());
     }
@@ -481,6 +475,14 @@ pub async fn stop_release(
         }
     }
     update_records(testbed.dir(), cluster, &process_name, |_| {})
+}
+
+/// Where the controller of `release` keeps its files: `<test bed>/<cluster>/argo<suffix>/`.
+fn controller_dir(testbed: &Testbed, cluster: &str, release: Release) -> anyhow::Result<PathBuf> {
+    Ok(testbed
+        .cluster(cluster)?
+        .dir
+        .join(format!("argo{}", release.suffix())))
 }
 
 /// The supervisor: `$1` generation file, `$2` generation, then the controller's command line.
@@ -951,6 +953,22 @@ impl NodeStatus {
             parameters,
         }
     }
+}
+
+/// Puts every step of a Workflow (JSON) on the test bed's real nodes: their node selector and
+/// the toleration of their taint, at the workflow's level.
+pub fn on_real_nodes(workflow: &mut Value) {
+    let spec = &mut workflow["spec"];
+    spec["nodeSelector"] = json!({ crate::nodes::KIND_LABEL: crate::nodes::REAL });
+    spec["tolerations"] = json!([crate::nodes::real_node_toleration()]);
+}
+
+/// Elects every step of a Workflow (JSON) through `spec.podMetadata`, pinned to `cluster`.
+pub fn elect_every_step(workflow: &mut Value, cluster: &str) {
+    workflow["spec"]["podMetadata"]["annotations"] = json!({
+        contract::ELECT: "",
+        contract::CLUSTER_NAME: cluster,
+    });
 }
 
 /// Gives `service_account` of `namespace` what Argo's emissary executor needs (Argo's

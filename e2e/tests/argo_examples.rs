@@ -138,20 +138,16 @@ fn localize(mut workflow: Value, elect: bool, act: Act) -> Value {
             spec.remove("activeDeadlineSeconds");
         }
     }
-    spec["nodeSelector"] = json!({ nodes::KIND_LABEL: nodes::REAL });
-    spec["tolerations"] = json!([serde_json::to_value(nodes::real_node_toleration()).unwrap()]);
-    if elect {
-        spec["podMetadata"]["annotations"] = json!({
-            "multicluster.admiralty.io/elect": "",
-            "multicluster.admiralty.io/clustername": "cluster2",
-        });
-    }
     for template in spec["templates"].as_array_mut().into_iter().flatten() {
         for key in ["container", "script"] {
             if let Some(container) = template.get_mut(key) {
                 localize_container(container);
             }
         }
+    }
+    argo::on_real_nodes(&mut workflow);
+    if elect {
+        argo::elect_every_step(&mut workflow, "cluster2");
     }
     workflow
 }
@@ -339,12 +335,6 @@ async fn examples_end_as_at_home(release: Release) {
     else {
         return;
     };
-    let env = e2e::TestEnv::get().await.unwrap();
-    for cluster in ["cluster1", "cluster2"] {
-        argo::grant_executor(&env.client(cluster).await.unwrap(), &ns.name, "default")
-            .await
-            .unwrap();
-    }
     let started = std::time::Instant::now();
     let rows: Vec<Row> = futures::stream::iter(EXAMPLES)
         .map(|example| compare(&client, &ns, release, example))

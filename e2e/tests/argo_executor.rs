@@ -28,24 +28,15 @@ use kube::{
 const TIMEOUT: Duration = Duration::from_secs(180);
 const LABEL: &str = "argo-executor";
 
-/// A workflow whose steps all run on real nodes: an output parameter and a result read by the
-/// next step, and a step that fails with its own code and message. `pod_metadata` is spliced
-/// into `spec.podMetadata`.
-fn workflow(prefix: &str, pod_metadata: &str) -> String {
+/// A workflow of an output parameter and a result read by the next step, and a step that fails
+/// with its own code and message.
+fn workflow(prefix: &str) -> String {
     format!(
         r#"
 metadata:
   generateName: {prefix}-
 spec:
   entrypoint: main
-  nodeSelector:
-    {kind}: {real}
-  tolerations:
-  - key: {kind}
-    operator: Equal
-    value: {real}
-    effect: NoSchedule
-  podMetadata: {pod_metadata}
   templates:
   - name: main
     steps:
@@ -86,21 +77,25 @@ spec:
       image: {busybox}
       command: [sh, -c, "echo disk full >&2; exit 3"]
 "#,
-        kind = nodes::KIND_LABEL,
-        real = nodes::REAL,
         busybox = nodes::BUSYBOX_IMAGE,
     )
 }
 
-/// Runs `yaml` on `release` to its end and returns what Argo recorded of each step.
+/// Runs `yaml` on `release`, on real nodes (every step elected to cluster2 when `elect`), to
+/// its end and returns what Argo recorded of each step.
 async fn run(
     client: &Client,
     ns: &TestNamespace,
     release: Release,
     yaml: &str,
+    elect: bool,
 ) -> BTreeMap<String, StepOutcome> {
     let mut workflow: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
     release.claim(&mut workflow);
+    argo::on_real_nodes(&mut workflow);
+    if elect {
+        argo::elect_every_step(&mut workflow, "cluster2");
+    }
     let name = argo::submit(client, &ns.name, &workflow).await.unwrap();
     let status = argo::wait_finished(client, &ns.name, &name, TIMEOUT)
         .await
@@ -126,14 +121,8 @@ async fn proxied_steps_end_as_at_home(release: Release) {
         return;
     };
     let env = e2e::TestEnv::get().await.unwrap();
-    for cluster in ["cluster1", "cluster2"] {
-        let cluster_client = env.client(cluster).await.unwrap();
-        argo::grant_executor(&cluster_client, &ns.name, "default")
-            .await
-            .unwrap();
-    }
 
-    let at_home = run(&client, &ns, release, &workflow("home", "{}")).await;
+    let at_home = run(&client, &ns, release, &workflow("home"), false).await;
     let expected = [
         ("produce", "Succeeded", "0"),
         ("consume", "Succeeded", "0"),
@@ -161,8 +150,7 @@ async fn proxied_steps_end_as_at_home(release: Release) {
         "Argo's own executor reported the output parameter: {at_home:?}"
     );
 
-    let elected = r#"{annotations: {multicluster.admiralty.io/elect: "", multicluster.admiralty.io/clustername: cluster2}}"#;
-    let proxied = run(&client, &ns, release, &workflow("proxied", elected)).await;
+    let proxied = run(&client, &ns, release, &workflow("proxied"), true).await;
     assert_eq!(
         proxied, at_home,
         "every step ends through its proxy as it ends at home"

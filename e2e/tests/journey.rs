@@ -5,12 +5,9 @@
 
 mod pieces;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use e2e::{
-    TestEnv, lifecycle,
-    support::{unique_name, wait_for},
-};
+use e2e::{TestEnv, lifecycle, support::wait_for};
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
@@ -50,17 +47,7 @@ fn job_condition(job: Option<&Job>) -> Option<String> {
 async fn jobs_of_elected_pods_are_judged_by_their_delegates_exit_codes() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = TestEnv::get().await.unwrap();
-    let selector = unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            "journey",
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                ("journey".into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
+    let (ns, selector) = pieces::opted_in_namespace(env, "journey", "journey").await;
     let _pieces = pieces::start(env, "journey", &selector).await;
     // The apiserver picks a new webhook configuration up within moments.
     tokio::time::sleep(Duration::from_secs(2)).await;

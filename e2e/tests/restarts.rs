@@ -12,7 +12,7 @@ use std::{
 };
 
 use contract::{DELEGATE_NAME, RESTARTS, RESULT, TARGET_CLUSTER};
-use e2e::{TestEnv, TestNamespace, support::unique_name};
+use e2e::{TestEnv, TestNamespace};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::{
     ResourceExt as _,
@@ -140,17 +140,7 @@ async fn a_deployment_of_elected_pods_keeps_its_delegates_through_losses() {
     let env = TestEnv::get().await.unwrap();
     env.require_real_nodes().unwrap();
     let testbed = env.testbed().unwrap();
-    let selector = unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            "restarts",
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (LABEL.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
+    let (ns, selector) = pieces::opted_in_namespace(env, "restarts", LABEL).await;
     let _pieces = pieces::start_with_timeout(
         env,
         LABEL,

@@ -59,17 +59,13 @@ pub async fn argo_scene(
     e2e::argo::start_release(&testbed, "cluster1", release)
         .await
         .unwrap();
-    let selector = e2e::support::unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            label,
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (label.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
+    let (ns, selector) = opted_in_namespace(env, label, label).await;
+    // Where step pods or their delegates run, Argo's executor may write their task results.
+    for cluster in ["cluster1", "cluster2"] {
+        e2e::argo::grant_executor(&env.client(cluster).await.unwrap(), &ns.name, "default")
+            .await
+            .unwrap();
+    }
     if proxies == Proxies::OnRealNodes {
         env.require_real_nodes().unwrap();
     }
@@ -77,6 +73,29 @@ pub async fn argo_scene(
     // The apiserver picks a new webhook configuration up within moments.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Some((ns, env.client("cluster1").await.unwrap(), running))
+}
+
+/// A fresh namespace `<prefix>-…` in every cluster, opted in to the product and to a webhook
+/// started here for `<label>=<selector>`; the selector is returned with it.
+pub async fn opted_in_namespace(
+    env: &TestEnv,
+    prefix: &str,
+    label: &str,
+) -> (e2e::TestNamespace, String) {
+    let selector = e2e::support::unique_name("sel");
+    let ns = env
+        .namespace_with_labels(prefix, opted_in_labels(label, &selector))
+        .await
+        .unwrap();
+    (ns, selector)
+}
+
+/// The labels of a namespace the webhook started for `<label>=<selector>` serves.
+fn opted_in_labels(label: &str, selector: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("multicluster-scheduler".into(), "enabled".into()),
+        (label.into(), selector.into()),
+    ])
 }
 
 /// A fresh namespace `test-…`, opted in to a webhook started here that puts proxies on the
@@ -90,17 +109,7 @@ pub async fn real_nodes_scene(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = TestEnv::get().await.unwrap();
     env.require_real_nodes().unwrap();
-    let selector = e2e::support::unique_name("sel");
-    let ns = env
-        .namespace_with_labels(
-            test,
-            BTreeMap::from([
-                ("multicluster-scheduler".into(), "enabled".into()),
-                (label.into(), selector.clone()),
-            ]),
-        )
-        .await
-        .unwrap();
+    let (ns, selector) = opted_in_namespace(env, test, label).await;
     let running = if own_sync {
         start_webhook(env, label, &selector, Proxies::OnRealNodes).await
     } else {
@@ -227,10 +236,7 @@ pub async fn start_webhook(
         "cluster1",
         port,
         &ca.pem().cert,
-        BTreeMap::from([
-            ("multicluster-scheduler".into(), "enabled".into()),
-            (label.to_string(), selector.to_string()),
-        ]),
+        opted_in_labels(label, selector),
     )
     .await
     .unwrap();
