@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's Go tools from their pinned modules, once per version.
 #
-#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm argo argo4)
+#   e2e/tools/build.sh [TOOL...]     (default: all of kubernetes etcd kwok helm argo argo4 artifact-store)
 #
 # Binaries are cached outside the checkout, keyed by the tool's go.mod and go.sum, so a
 # fresh clone on the same machine (CI) reuses them; target/tools/bin gets symlinks.
@@ -19,14 +19,18 @@ version_of() { awk -v m="$1" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" 
 
 # Rough first-build times measured on a 2-core machine, to tell a newcomer what to expect.
 declare -A took=([kubernetes]="about 6 minutes" [etcd]="about 40 s" [kwok]="about 1.5 minutes"
-  [helm]="about 1.5 minutes" [argo]="about 6 minutes" [argo4]="about 6 minutes")
+  [helm]="about 1.5 minutes" [argo]="about 6 minutes" [argo4]="about 6 minutes"
+  [artifact-store]="about 20 s")
 
 # The functions a tool's recipe calls besides its own, so that a change to them rebuilds it.
 recipe_helpers() { if [[ "$1" == argo* ]]; then echo build_argo_release; fi; }
 
+own_source() { find "$1" -maxdepth 1 -name '*.go' ! -name tools.go | sort | while read -r f; do cat "$f"; done; }
+
 build_tool() {
   local tool="$1" dir="$here/$1" key out started
-  key="$({ cat "$dir/go.mod" "$dir/go.sum"; declare -f "build_$tool" $(recipe_helpers "$tool"); } | sha256sum | cut -c1-12)"
+  # A tool's own Go source (not the tools.go that only pins imports) is part of its recipe.
+  key="$({ cat "$dir/go.mod" "$dir/go.sum"; own_source "$dir"; declare -f "build_$tool" $(recipe_helpers "$tool"); } | sha256sum | cut -c1-12)"
   out="$cache/$tool-$key"
   mkdir -p "$links"
   if [[ -f "$out/.complete" ]]; then
@@ -74,6 +78,11 @@ build_argo() { build_argo_release github.com/argoproj/argo-workflows/v3 "$1" "";
 # workflow-controller4, argoexec4, argo4-crds, argo4-examples.
 build_argo4() { build_argo_release github.com/argoproj/argo-workflows/v4 "$1" 4; }
 
+# The S3-compatible store Argo's artifact examples use (a test fixture; see artifact-store/).
+build_artifact-store() {
+  go build -trimpath -ldflags "-s -w" -o "$1/artifact-store" .
+}
+
 # build_argo_release MODULE OUT SUFFIX
 build_argo_release() {
   local m="$1" out="$2" suffix="$3" v info dir commit
@@ -108,5 +117,5 @@ build_argo_release() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm argo argo4)
+[[ ${#tools[@]} -gt 0 ]] || tools=(kubernetes etcd kwok helm argo argo4 artifact-store)
 for t in "${tools[@]}"; do build_tool "$t"; done

@@ -5,6 +5,7 @@
 //! `state.json` with the pids of every process, so that another command or test can attach to
 //! the test bed and `testbed down` can stop it.
 
+pub mod artifact_store;
 mod cluster;
 pub mod kubeconfig;
 mod pki;
@@ -30,6 +31,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::ListParams};
 use serde::{Deserialize, Serialize};
 
+pub use artifact_store::ArtifactStoreState;
 pub use cluster::ClusterState;
 pub use kubeconfig::{Credentials, Entry};
 pub use preset::Preset;
@@ -71,6 +73,9 @@ impl TestbedConfig {
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     clusters: Vec<ClusterState>,
+    /// With real nodes: the store their pods keep Argo's artifacts in.
+    #[serde(default)]
+    artifact_store: Option<ArtifactStoreState>,
 }
 
 /// A running test bed.
@@ -113,6 +118,8 @@ impl Testbed {
                 .clusters
                 .iter()
                 .all(|c| c.real_nodes.len() == config.preset.real_nodes_per_cluster)
+            // A test bed from before the artifact store had real nodes without it.
+            && (config.preset.real_nodes_per_cluster == 0) == existing.state.artifact_store.is_none()
             && fs::read_to_string(config.dir.join("kwok.yaml"))
                 .is_ok_and(|running| running == stages)
             && fs::read_to_string(config.dir.join(IMAGES_FILE))
@@ -146,6 +153,7 @@ impl Testbed {
             dir: config.dir.clone(),
             state: State {
                 clusters: clusters.into_iter().filter_map(Result::ok).collect(),
+                artifact_store: None,
             },
         };
         testbed.save()?;
@@ -209,6 +217,7 @@ impl Testbed {
             .clusters
             .iter()
             .flat_map(|c| c.processes.clone())
+            .chain(self.state.artifact_store.iter().map(|s| s.process.clone()))
             .collect();
         process::stop_all(&processes, Duration::from_secs(10));
     }
@@ -222,6 +231,14 @@ impl Testbed {
         let machine = realnode::Machine::read()?;
         let containerd = tools::system_program("containerd")?;
         let images = node_images(&config.node_images)?;
+        let store = artifact_store::start(
+            &config.dir.join(artifact_store::PROGRAM),
+            &config.tools.artifact_store,
+        )
+        .await?;
+        let store_address = store.local;
+        self.state.artifact_store = Some(store);
+        self.save()?;
         let starts = self
             .state
             .clusters
@@ -245,6 +262,7 @@ impl Testbed {
                             kubelet: &config.tools.kubelet,
                             containerd,
                             images,
+                            artifact_store: store_address,
                         };
                         realnode::start(&spec).await.map(|node| (c, node))
                     })
@@ -263,6 +281,15 @@ impl Testbed {
 
     /// Ok when every process runs and every apiserver answers ready.
     pub async fn check(&self) -> anyhow::Result<()> {
+        if let Some(store) = &self.state.artifact_store
+            && !store.process.is_running()
+        {
+            bail!(
+                "the artifact store is not running; last lines of {}:\n{}",
+                store.process.log.display(),
+                store.process.log_tail(10)
+            );
+        }
         for c in &self.state.clusters {
             c.ensure_running()?;
             let client = self.client(&c.name).await?;
@@ -290,6 +317,11 @@ impl Testbed {
     /// Cluster names, `cluster1`..`clusterN`.
     pub fn cluster_names(&self) -> Vec<String> {
         self.state.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The artifact store of the real nodes' pods, when the test bed has real nodes.
+    pub fn artifact_store(&self) -> Option<&ArtifactStoreState> {
+        self.state.artifact_store.as_ref()
     }
 
     /// The state of one cluster.

@@ -172,6 +172,7 @@ const OUR_PROGRAMS: &[&str] = &[
     "workflow-controller",
     "workflow-controller4",
     "kubelet",
+    "artifact-store",
     "containerd",
     "containerd-shim-runc-v2",
     "testbed-gateway",

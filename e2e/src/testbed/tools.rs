@@ -16,6 +16,8 @@ pub struct Tools {
     pub kube_scheduler: PathBuf,
     pub kwok: PathBuf,
     pub kubelet: PathBuf,
+    /// The S3-compatible store of Argo's artifacts (a test fixture, `e2e/tools/artifact-store`).
+    pub artifact_store: PathBuf,
 }
 
 impl Tools {
@@ -47,6 +49,7 @@ impl Tools {
             kube_scheduler: find("kube-scheduler")?,
             kwok: find("kwok")?,
             kubelet: find("kubelet")?,
+            artifact_store: find(super::artifact_store::PROGRAM)?,
         })
     }
 }

@@ -99,8 +99,8 @@ state = "{state}"
 
 /// One bridge per node, no address on the host, no masquerade. Pods reach each other, their
 /// own loopback, and through the node's gateway (a namespace of the test bed on the bridge, see
-/// `gateway`) their apiserver at the `kubernetes` Service's ClusterIP: the only route off the
-/// bridge.
+/// `gateway`) their apiserver at the `kubernetes` Service's ClusterIP and the test bed's
+/// artifact store: the only routes off the bridge.
 fn cni_network(layout: &Layout, subnet: &str) -> anyhow::Result<serde_json::Value> {
     let gateway = gateway::address(subnet)?;
     Ok(json!({
@@ -116,7 +116,10 @@ fn cni_network(layout: &Layout, subnet: &str) -> anyhow::Result<serde_json::Valu
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{ "subnet": subnet, "gateway": gateway }]],
-                    "routes": [{ "dst": format!("{}/32", gateway::SERVICE_IP), "gw": gateway }],
+                    "routes": gateway::RELAYED
+                        .iter()
+                        .map(|ip| json!({ "dst": format!("{ip}/32"), "gw": gateway }))
+                        .collect::<Vec<_>>(),
                     "dataDir": layout.dir.join("cni-ipam"),
                 },
             },
@@ -244,7 +247,10 @@ mod tests {
         assert_eq!(bridge["bridge"], "tbabcdefc1n1");
         assert_eq!(
             bridge["ipam"]["routes"],
-            json!([{ "dst": "10.96.0.1/32", "gw": "10.244.1.1" }]),
+            json!([
+                { "dst": "10.96.0.1/32", "gw": "10.244.1.1" },
+                { "dst": "10.96.0.2/32", "gw": "10.244.1.1" },
+            ]),
             "the only route off the bridge: to the apiserver, through the node's gateway"
         );
         assert_eq!(network["plugins"][1]["type"], "loopback");

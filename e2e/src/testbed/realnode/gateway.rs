@@ -1,6 +1,7 @@
 //! A real node's gateway (`testbed-gateway`, `e2e/src/gateway/main.rs`): the one door from its
 //! pods' isolated bridge to its cluster's apiserver, at the `kubernetes` Service's ClusterIP as
-//! in a real cluster, so in-cluster clients (Argo's executor) work and nothing else is reached.
+//! in a real cluster, so in-cluster clients (Argo's executor) work, and to the test bed's
+//! artifact store; nothing else is reached.
 
 use std::{
     net::SocketAddr,
@@ -12,6 +13,7 @@ use anyhow::{Context as _, bail};
 
 use super::Layout;
 use crate::testbed::{
+    artifact_store,
     process::{self, ProcessRecord},
     workspace_target_dir,
 };
@@ -23,6 +25,9 @@ pub const PROGRAM: &str = "testbed-gateway";
 pub const SERVICE_IP: &str = "10.96.0.1";
 /// Where to find the program when it is not beside the running one.
 const PROGRAM_ENV: &str = "TESTBED_GATEWAY_BIN";
+
+/// The addresses pods reach through the gateway, each with a route of its own.
+pub const RELAYED: [&str; 2] = [SERVICE_IP, artifact_store::ADDRESS];
 
 /// The gateway's address on a node's pod subnet (`10.244.N.0/24` → `10.244.N.1`).
 pub fn address(subnet: &str) -> anyhow::Result<String> {
@@ -40,8 +45,14 @@ pub fn host_link(layout: &Layout) -> String {
 }
 
 /// Starts the gateway of a node whose pods are on `subnet`, relaying to the apiserver at
-/// `server` (`https://127.0.0.1:PORT`), and waits until it accepts connections.
-pub async fn start(layout: &Layout, subnet: &str, server: &str) -> anyhow::Result<ProcessRecord> {
+/// `server` (`https://127.0.0.1:PORT`) and to the artifact store at `store`, and waits until
+/// it accepts connections.
+pub async fn start(
+    layout: &Layout,
+    subnet: &str,
+    server: &str,
+    store: SocketAddr,
+) -> anyhow::Result<ProcessRecord> {
     let apiserver: SocketAddr = server
         .strip_prefix("https://")
         .and_then(|a| a.parse().ok())
@@ -52,8 +63,8 @@ pub async fn start(layout: &Layout, subnet: &str, server: &str) -> anyhow::Resul
         format!("--bridge={}", layout.slot),
         format!("--host-link={}", host_link(layout)),
         format!("--gateway={}/24", address(subnet)?),
-        format!("--service-ip={SERVICE_IP}"),
-        format!("--apiserver={apiserver}"),
+        format!("--relay={SERVICE_IP}:443={apiserver}"),
+        format!("--relay={}:443={store}", artifact_store::ADDRESS),
         format!("--ready-file={}", ready.display()),
     ];
     let record = process::spawn(PROGRAM, &program()?, &args, &layout.dir.join("gateway.log"))?;

@@ -136,6 +136,8 @@ pub struct NodeSpec<'a> {
     pub containerd: &'a Path,
     /// OCI archives imported into the node's containerd.
     pub images: &'a [PathBuf],
+    /// The test bed's artifact store, on the host's loopback.
+    pub artifact_store: std::net::SocketAddr,
 }
 
 /// Starts a node's containerd (with the images) and kubelet; on failure, removes what it made.
@@ -180,7 +182,7 @@ async fn start_processes(
     containerd::configure(layout, &subnet)?;
     state
         .processes
-        .push(gateway::start(layout, &subnet, &spec.cluster.server).await?);
+        .push(gateway::start(layout, &subnet, &spec.cluster.server, spec.artifact_store).await?);
     state
         .processes
         .push(containerd::start(layout, spec.containerd).await?);
