@@ -200,6 +200,15 @@ pub async fn install_release(
     for file in &crd_files {
         crds.extend(apply_file(&client, file).await?);
     }
+    let mut data = json!({
+        "metricsConfig": "{enabled: false}",
+        "executor": "{resources: {requests: {cpu: 100m}}}",
+        "images": format!("{{\"{}\": {{cmd: [sh]}}}}", crate::nodes::BUSYBOX_IMAGE),
+        "instanceID": release.instance_id().unwrap_or_default(),
+    });
+    if testbed.artifact_store().is_some() {
+        data["artifactRepository"] = json!(artifact_repository());
+    }
     let namespace_and_config = json!([
         { "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } },
         {
@@ -210,12 +219,7 @@ pub async fn install_release(
             // The wait container requests 100m CPU, as in the blog's clusters. `images` gives
             // the entrypoint of the real nodes' busybox, which the controller would otherwise
             // ask a registry for when a step names no command.
-            "data": {
-                "metricsConfig": "{enabled: false}",
-                "executor": "{resources: {requests: {cpu: 100m}}}",
-                "images": format!("{{\"{}\": {{cmd: [sh]}}}}", crate::nodes::BUSYBOX_IMAGE),
-                "instanceID": release.instance_id().unwrap_or_default(),
-            },
+            "data": data,
         },
     ]);
     for doc in namespace_and_config.as_array().into_iter().flatten() {
@@ -897,6 +901,9 @@ pub struct StepOutcome {
     pub result: Option<String>,
     /// Output parameters, by name.
     pub parameters: BTreeMap<String, String>,
+    /// Output artifacts, by name: where each was stored, with the workflow's name and pod
+    /// names' hashes left out (`s3:{workflow}/{workflow}-hello-world-to-file-#/hello-art.tgz`).
+    pub artifacts: BTreeMap<String, String>,
 }
 
 impl WorkflowStatus {
@@ -919,7 +926,7 @@ impl WorkflowStatus {
         self.nodes
             .values()
             .map(|n| {
-                let mut outcome = n.outcome();
+                let mut outcome = n.outcome(workflow);
                 for (id, name) in &ids {
                     outcome.message = outcome.message.replace(&format!("'{id}'"), name);
                 }
@@ -930,7 +937,7 @@ impl WorkflowStatus {
 }
 
 impl NodeStatus {
-    fn outcome(&self) -> StepOutcome {
+    fn outcome(&self, workflow: &str) -> StepOutcome {
         let outputs = self.outputs.clone().unwrap_or(Value::Null);
         let text = |key: &str| outputs.get(key).and_then(Value::as_str).map(str::to_string);
         let parameters = outputs
@@ -945,14 +952,53 @@ impl NodeStatus {
                 ))
             })
             .collect();
+        let artifacts = outputs
+            .get("artifacts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a.get("name")?.as_str()?.to_string(),
+                    artifact_place(a, workflow),
+                ))
+            })
+            .collect();
         StepOutcome {
             phase: self.phase.clone(),
             message: self.message.clone(),
             exit_code: text("exitCode"),
             result: text("result"),
             parameters,
+            artifacts,
         }
     }
+}
+
+/// Where an output artifact went, the same for two runs of one workflow: its kind (`s3`) and
+/// key, with the workflow's name as `{workflow}` and the hash that ends a pod's name as `#`.
+fn artifact_place(artifact: &Value, workflow: &str) -> String {
+    const KINDS: [&str; 3] = ["s3", "raw", "http"];
+    let Some(kind) = KINDS.iter().find(|k| artifact.get(**k).is_some()) else {
+        return "(nowhere)".into();
+    };
+    let key = artifact[*kind]["key"].as_str().unwrap_or_default();
+    let key = key
+        .replace(workflow, "{workflow}")
+        .split('/')
+        .map(|segment| match segment.rsplit_once('-') {
+            Some((pod, hash))
+                if segment.starts_with("{workflow}-")
+                    && !hash.is_empty()
+                    && hash.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                format!("{pod}-#")
+            }
+            _ => segment.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    format!("{kind}:{key}")
 }
 
 /// Puts every step of a Workflow (JSON) on the test bed's real nodes: their node selector and
@@ -999,6 +1045,47 @@ pub async fn grant_executor(
             .await
             .with_context(|| format!("cannot grant the executor its rights in {namespace}"))?;
     }
+    Ok(())
+}
+
+/// The Secret of the artifact repository's credentials and CA, in every namespace whose
+/// workflows use artifacts.
+pub const ARTIFACT_SECRET: &str = "artifact-store";
+
+/// The controllers' default artifact repository (flow-style YAML for their ConfigMap): the
+/// test bed's artifact store, over TLS checked against its CA, with the keys of
+/// [`ARTIFACT_SECRET`]. Argo mounts that Secret into the `init` and `wait` containers of the
+/// steps that have artifacts, so a proxied step's delegate needs a copy of it in its target
+/// (delegate-sync's `--copy-references`).
+pub fn artifact_repository() -> String {
+    use crate::testbed::artifact_store::{BUCKET, ENDPOINT};
+    format!(
+        "{{s3: {{bucket: {BUCKET}, endpoint: \"{ENDPOINT}\", insecure: false, \
+         caSecret: {{name: {ARTIFACT_SECRET}, key: ca.crt}}, \
+         accessKeySecret: {{name: {ARTIFACT_SECRET}, key: accessKey}}, \
+         secretKeySecret: {{name: {ARTIFACT_SECRET}, key: secretKey}}}}}}"
+    )
+}
+
+/// Creates [`ARTIFACT_SECRET`] in `namespace`: the test bed's artifact store's CA, and keys
+/// (the store checks none).
+pub async fn put_artifact_secret(
+    client: &Client,
+    namespace: &str,
+    store: &crate::testbed::ArtifactStoreState,
+) -> anyhow::Result<()> {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": ARTIFACT_SECRET, "namespace": namespace },
+        "stringData": {
+            "accessKey": "testbed",
+            "secretKey": "testbed-secret",
+            "ca.crt": store.ca_pem()?,
+        },
+    });
+    apply(client, &secret)
+        .await
+        .with_context(|| format!("cannot create Secret {namespace}/{ARTIFACT_SECRET}"))?;
     Ok(())
 }
 
@@ -1407,6 +1494,27 @@ spec:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_is_placed_alike_in_two_runs_of_a_workflow() {
+        let artifact = |wf: &str, hash: &str| json!({ "name": "hello-art", "s3": { "key": format!("{wf}/{wf}-hello-world-to-file-{hash}/hello-art.tgz") } });
+        let a = artifact_place(
+            &artifact("artifact-passing-abcde", "123"),
+            "artifact-passing-abcde",
+        );
+        let b = artifact_place(
+            &artifact("artifact-passing-xyz12", "98765"),
+            "artifact-passing-xyz12",
+        );
+        assert_eq!(
+            a,
+            "s3:{workflow}/{workflow}-hello-world-to-file-#/hello-art.tgz"
+        );
+        assert_eq!(a, b);
+        let fixed = json!({ "name": "file", "s3": { "key": "my-file" } });
+        assert_eq!(artifact_place(&fixed, "wf"), "s3:my-file");
+        assert_eq!(artifact_place(&json!({ "name": "x" }), "wf"), "(nowhere)");
+    }
 
     #[test]
     fn the_blog_workflows_parse_with_their_steps_where_asked() {

@@ -3,14 +3,21 @@
 //! with every step elected (`spec.podMetadata`) and sent to cluster2. What Argo records of each
 //! node (phase, message, exit code, result, output parameters) must be the same, or be a known
 //! limit this file names with its reason. The table is written to
-//! `target/argo-examples/summary-<version>.md`. Both releases the test bed builds run them
+//! `target/argo-examples/summary-<version>.md`. `ARGO_EXAMPLES=retry-backoff.yaml,…` runs only
+//! those. Both releases the test bed builds run them
 //! (3.7.18 and 4.0.5, each with its own examples), one after the other.
 //!
 //! What changes in an example before it runs (nothing can be pulled here): every image becomes
 //! the nodes' `busybox:1.35` (the examples' alpine, debian and busybox images run `sh`, `echo`
-//! and `sleep`, which busybox has), `cowsay` becomes `echo`, and the workflow gets the real
-//! nodes' selector and toleration. Where the test stops or terminates `timeouts-workflow.yaml`
-//! it also drops the example's 30 s deadline.
+//! and `sleep`, which busybox has), `cowsay` becomes `echo`, Python programs and Argo's
+//! `argosay` become `sh` programs that end the same way (a random exit code becomes a fixed
+//! sequence: [`PYTHON_AS_SH`]), and the workflow gets the real nodes' selector and toleration.
+//! Where the test stops or terminates `timeouts-workflow.yaml` it also drops the example's 30 s
+//! deadline.
+//!
+//! Artifacts go to the test bed's artifact store (an S3-compatible server, `e2e/tools/
+//! artifact-store`), the controllers' default repository; delegate-sync copies its Secret to
+//! the delegates' namespace (`--copy-references`).
 
 mod pieces;
 
@@ -127,6 +134,92 @@ const EXAMPLES: &[Example] = &[
         act: Act::Terminate,
         about: "`argo terminate` while steps run",
     },
+    Example {
+        file: "retry-backoff.yaml",
+        act: Act::Wait,
+        about: "`retryStrategy` with a backoff",
+    },
+    Example {
+        file: "retry-with-steps.yaml",
+        act: Act::Wait,
+        about: "retried steps, `{{retries}}`",
+    },
+    Example {
+        file: "retry-on-error.yaml",
+        act: Act::Wait,
+        about: "`retryPolicy: Always`",
+    },
+    Example {
+        file: "retry-conditional.yaml",
+        act: Act::Wait,
+        about: "a retry `expression` on `lastRetry`",
+    },
+    Example {
+        file: "artifact-passing.yaml",
+        act: Act::Wait,
+        about: "an output artifact as the next step's input (S3)",
+    },
+    Example {
+        file: "artifact-passing-subpath.yaml",
+        act: Act::Wait,
+        about: "a directory artifact, unarchived, and a `subPath` of it",
+    },
+    Example {
+        file: "artifact-disable-archive.yaml",
+        act: Act::Wait,
+        about: "artifacts with `archive: none` and tar",
+    },
+    Example {
+        file: "key-only-artifact.yaml",
+        act: Act::Wait,
+        about: "an artifact by key in the default repository",
+    },
+    Example {
+        file: "input-artifact-raw.yaml",
+        act: Act::Wait,
+        about: "a raw input artifact",
+    },
+    Example {
+        file: "exit-handler-with-param.yaml",
+        act: Act::Wait,
+        about: "an exit hook given a step's output parameter",
+    },
+    Example {
+        file: "exit-handler-with-artifacts.yaml",
+        act: Act::Wait,
+        about: "an exit hook given a step's artifact",
+    },
+];
+
+/// The examples' Python programs (no Python image is on the nodes) as `sh` programs that end
+/// the same way, except that a random exit code becomes a fixed sequence of the same codes:
+/// fail twice, then end as the example's good outcome (a random choice cannot be seeded from
+/// outside, and two runs must count the same retries).
+const PYTHON_AS_SH: &[(&str, &str)] = &[
+    // retry-backoff, retry-with-steps: exit 0 or 1.
+    (
+        "random.choice([0, 1, 1])",
+        "echo retries: {{retries}}; [ {{retries}} -ge 2 ]",
+    ),
+    // retry-on-error: exit 0 to 4.
+    (
+        "random.choice(range(0, 5))",
+        "[ {{retries}} -ge 2 ] || exit 3",
+    ),
+    // retry-conditional: exit 1 or 2, retried while 2.
+    (
+        "random.choice([1, 2])",
+        "if [ {{retries}} -ge 2 ]; then exit 1; fi; exit 2",
+    ),
+    // retry-conditional's safe-to-retry.
+    ("print(\"true\")", "echo true"),
+    // exit-handler-with-param's exit hook.
+    (
+        "print(\"{{inputs.parameters.message}}\")",
+        "echo \"{{inputs.parameters.message}}\"",
+    ),
+    // exit-handler-with-artifacts: a file in the working directory.
+    ("f.write(\"Welcome\")", "printf Welcome > result.txt"),
 ];
 
 /// The example as it runs here: images the nodes have, on real nodes, elected when `elect`.
@@ -139,10 +232,11 @@ fn localize(mut workflow: Value, elect: bool, act: Act) -> Value {
         }
     }
     for template in spec["templates"].as_array_mut().into_iter().flatten() {
-        for key in ["container", "script"] {
-            if let Some(container) = template.get_mut(key) {
-                localize_container(container);
-            }
+        if let Some(container) = template.get_mut("container") {
+            localize_container(container, false);
+        }
+        if let Some(script) = template.get_mut("script") {
+            localize_container(script, true);
         }
     }
     argo::on_real_nodes(&mut workflow);
@@ -152,7 +246,14 @@ fn localize(mut workflow: Value, elect: bool, act: Act) -> Value {
     workflow
 }
 
-fn localize_container(container: &mut Value) {
+fn localize_container(container: &mut Value, script: bool) {
+    let image = container["image"].as_str().unwrap_or_default().to_string();
+    let command = container["command"][0].as_str().unwrap_or_default();
+    if command == "python" {
+        python_as_sh(container, script);
+    } else if image.starts_with("argoproj/argosay") && container.get("command").is_none() {
+        argosay_as_sh(container);
+    }
     container["image"] = json!(nodes::BUSYBOX_IMAGE);
     for key in ["command", "args"] {
         for word in container
@@ -166,6 +267,50 @@ fn localize_container(container: &mut Value) {
             }
         }
     }
+}
+
+/// A Python container (`python -c PROGRAM`) or script as the `sh` one [`PYTHON_AS_SH`] gives.
+fn python_as_sh(container: &mut Value, script: bool) {
+    let program = if script {
+        container["source"].as_str()
+    } else {
+        container["args"][0].as_str()
+    }
+    .unwrap_or_default()
+    .to_string();
+    let Some((_, sh)) = PYTHON_AS_SH
+        .iter()
+        .find(|(python, _)| program.contains(python))
+    else {
+        panic!("no sh program stands for this Python program of an example: {program:?}");
+    };
+    if script {
+        container["command"] = json!(["sh"]);
+        container["source"] = json!(sh);
+    } else {
+        container["command"] = json!(["sh", "-c"]);
+        container["args"] = json!([sh]);
+    }
+}
+
+/// Argo's `argosay` image as `sh`: `echo MESSAGE FILE` writes the message to the file, `cat
+/// FILE` prints it.
+fn argosay_as_sh(container: &mut Value) {
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let sh = match args.as_slice() {
+        ["echo", message, file] => {
+            format!("mkdir -p \"$(dirname {file})\" && echo {message} > {file}")
+        }
+        ["cat", file] => format!("cat {file}"),
+        other => panic!("no sh program stands for `argosay {}`", other.join(" ")),
+    };
+    container["command"] = json!(["sh", "-c"]);
+    container["args"] = json!([sh]);
 }
 
 fn read_example(release: Release, file: &str) -> Value {
@@ -315,6 +460,25 @@ fn describe(outcome: Option<&StepOutcome>) -> String {
     outcome.map_or("(none)".into(), |o| format!("{o:?}"))
 }
 
+/// The examples named in `$ARGO_EXAMPLES` (file names, comma-separated), else all of them.
+fn chosen_examples() -> Vec<&'static Example> {
+    let chosen = std::env::var("ARGO_EXAMPLES").unwrap_or_default();
+    let names: Vec<&str> = chosen
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let examples: Vec<&Example> = EXAMPLES
+        .iter()
+        .filter(|e| names.is_empty() || names.contains(&e.file))
+        .collect();
+    assert!(
+        !examples.is_empty(),
+        "ARGO_EXAMPLES={chosen} names no example of the list"
+    );
+    examples
+}
+
 /// One release at a time: both at once would overload the one real node of each cluster.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -336,7 +500,7 @@ async fn examples_end_as_at_home(release: Release) {
         return;
     };
     let started = std::time::Instant::now();
-    let rows: Vec<Row> = futures::stream::iter(EXAMPLES)
+    let rows: Vec<Row> = futures::stream::iter(chosen_examples())
         .map(|example| compare(&client, &ns, release, example))
         .buffered(AT_ONCE)
         .collect()
@@ -386,4 +550,39 @@ async fn examples_end_as_at_home(release: Release) {
         differing.is_empty(),
         "examples end differently through proxies:\n{table}"
     );
+}
+
+/// Every example of both releases becomes one the nodes can run: only their busybox image, no
+/// Python and no `argosay` left (a new example in the list with a program nobody translated
+/// fails here, not after minutes on the nodes).
+#[test]
+fn every_example_runs_on_what_the_nodes_have() {
+    for release in [Release::V3_7, Release::V4_0] {
+        if argo::binaries_of(release).is_err() {
+            eprintln!("skipping {release:?}: its tools are not built");
+            continue;
+        }
+        for example in EXAMPLES {
+            for elect in [false, true] {
+                let workflow = localize(read_example(release, example.file), elect, example.act);
+                for template in workflow["spec"]["templates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for key in ["container", "script"] {
+                        let Some(container) = template.get(key) else {
+                            continue;
+                        };
+                        let what = format!("{} {}", example.file, template["name"]);
+                        assert_eq!(container["image"], json!(nodes::BUSYBOX_IMAGE), "{what}");
+                        let text = container.to_string();
+                        for gone in ["python", "random.", "cowsay"] {
+                            assert!(!text.contains(gone), "{what}: {text}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

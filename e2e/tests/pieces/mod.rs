@@ -59,17 +59,34 @@ pub async fn argo_scene(
     e2e::argo::start_release(&testbed, "cluster1", release)
         .await
         .unwrap();
-    let (ns, selector) = opted_in_namespace(env, label, label).await;
+    // Steps with artifacts mount the artifact repository's Secret: delegates get a copy of it.
+    let (ns, selector) = opted_in_namespace_with(
+        env,
+        label,
+        label,
+        [(contract::COPY_REFERENCES_LABEL, "true")],
+    )
+    .await;
     // Where step pods or their delegates run, Argo's executor may write their task results.
     for cluster in ["cluster1", "cluster2"] {
         e2e::argo::grant_executor(&env.client(cluster).await.unwrap(), &ns.name, "default")
             .await
             .unwrap();
     }
+    if let Some(store) = testbed.artifact_store() {
+        let client = env.client("cluster1").await.unwrap();
+        e2e::argo::put_artifact_secret(&client, &ns.name, store)
+            .await
+            .unwrap();
+    }
     if proxies == Proxies::OnRealNodes {
         env.require_real_nodes().unwrap();
     }
-    let running = start_with(env, label, &selector, proxies).await;
+    let copies = delegate_sync::copies::Settings {
+        create_namespaces: false,
+        copy_references: true,
+    };
+    let running = start_with_sync(env, label, &selector, proxies, HOUR, copies).await;
     // The apiserver picks a new webhook configuration up within moments.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Some((ns, env.client("cluster1").await.unwrap(), running))
@@ -82,11 +99,20 @@ pub async fn opted_in_namespace(
     prefix: &str,
     label: &str,
 ) -> (e2e::TestNamespace, String) {
+    opted_in_namespace_with(env, prefix, label, []).await
+}
+
+/// Like [`opted_in_namespace`], with further labels on the namespace.
+pub async fn opted_in_namespace_with<const N: usize>(
+    env: &TestEnv,
+    prefix: &str,
+    label: &str,
+    more: [(&str, &str); N],
+) -> (e2e::TestNamespace, String) {
     let selector = e2e::support::unique_name("sel");
-    let ns = env
-        .namespace_with_labels(prefix, opted_in_labels(label, &selector))
-        .await
-        .unwrap();
+    let mut labels = opted_in_labels(label, &selector);
+    labels.extend(more.map(|(k, v)| (k.to_string(), v.to_string())));
+    let ns = env.namespace_with_labels(prefix, labels).await.unwrap();
     (ns, selector)
 }
 
@@ -128,8 +154,10 @@ pub async fn start(env: &TestEnv, label: &str, selector: &str) -> Running {
 
 /// Like [`start`], with proxies where `proxies` says.
 pub async fn start_with(env: &TestEnv, label: &str, selector: &str, proxies: Proxies) -> Running {
-    start_with_timeout(env, label, selector, proxies, Duration::from_secs(3600)).await
+    start_with_timeout(env, label, selector, proxies, HOUR).await
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Like [`start_with`], with delegate-sync's `--cluster-lost-timeout`.
 pub async fn start_with_timeout(
@@ -138,6 +166,26 @@ pub async fn start_with_timeout(
     selector: &str,
     proxies: Proxies,
     cluster_lost_timeout: Duration,
+) -> Running {
+    start_with_sync(
+        env,
+        label,
+        selector,
+        proxies,
+        cluster_lost_timeout,
+        Default::default(),
+    )
+    .await
+}
+
+/// Like [`start_with_timeout`], with what delegate-sync makes in targets (`copies`).
+pub async fn start_with_sync(
+    env: &TestEnv,
+    label: &str,
+    selector: &str,
+    proxies: Proxies,
+    cluster_lost_timeout: Duration,
+    copies: delegate_sync::copies::Settings,
 ) -> Running {
     let mut running = start_webhook(env, label, selector, proxies).await;
     let kubeconfig = env.kubeconfig().clone();
@@ -164,7 +212,7 @@ pub async fn start_with_timeout(
         concurrency: 16,
         max_log_streams: 100,
         log_relay: true,
-        copies: Default::default(),
+        copies,
         admin_address: "127.0.0.1:0".parse().unwrap(),
     };
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
