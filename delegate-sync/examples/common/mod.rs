@@ -259,6 +259,19 @@ pub async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// Deletes namespace `name` in every cluster, without waiting for it to be gone.
+pub async fn delete_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
+    for client in clients {
+        let api: Api<Namespace> = Api::all(client.clone());
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Where a benchmark finds the test bed and delegate-sync, and writes its report.
 pub struct Paths {
     pub testbed_dir: PathBuf,
