@@ -93,6 +93,14 @@ faults: tools $(TESTBED) ## Fault injection at the issue's sizes (500 pods, 10 S
 	TESTBED_DIR=$(FAULTS_TESTBED_DIR) $(TESTBED) up --clusters 2; \
 	FAULTS_FULL=1 TESTBED_DIR=$(FAULTS_TESTBED_DIR) $(CARGO) test --locked -p e2e $(FAULTS_TESTS) -- --nocapture
 
+ARGO_TESTBED_DIR := $(CURDIR)/target/testbed-argo
+
+.PHONY: argo-examples
+argo-examples: tools node-images $(TESTBED) ## Argo's examples at home and through proxies, the whole list on Argo 3.7 and 4.0 (`make test` runs 4.0's short list)
+	@trap 'TESTBED_DIR=$(ARGO_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
+	TESTBED_DIR=$(ARGO_TESTBED_DIR) $(TESTBED) up --clusters 2 --real-nodes 1; \
+	ARGO_EXAMPLES_FULL=1 TESTBED_DIR=$(ARGO_TESTBED_DIR) $(CARGO) test --locked -p e2e --test argo_examples -- --nocapture
+
 BENCH_TESTBED_DIR := $(CURDIR)/target/bench-testbed
 COMMA := ,
 
@@ -116,7 +124,8 @@ bench: tools node-images $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benc
 	@trap 'TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) down >/dev/null' EXIT; \
 	TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) up --clusters 3 --preset e2e/testbed/presets/bench.json >/dev/null && \
 	target/release/examples/propagation --testbed-dir $(BENCH_TESTBED_DIR) \
-	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100,1$(COMMA)100$(COMMA)1000) && \
+	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100$(COMMA)1000,1$(COMMA)100$(COMMA)1000$(COMMA)10000) \
+	  --unrelated $(if $(filter 1,$(BENCH_QUICK)),2000,20000) && \
 	echo "last hop on real nodes, downward API and exec fast path in alternating rounds:" && \
 	target/release/examples/last_hop --testbed-dir $(BENCH_TESTBED_DIR) \
 	  --pods $(if $(filter 1,$(BENCH_QUICK)),20,100) && \
