@@ -223,6 +223,17 @@ fn says_already(current: &DynamicObject, wanted: &Value) -> bool {
     same_labels && same_owners && same_result
 }
 
+/// True while the result holds nothing but delegate-sync's claim: no executor wrote to it (the
+/// delegate has not started its `wait` container). Such a result is not mirrored: at home a
+/// step whose pod never ran has no task result, and Argo waits for none.
+pub fn holds_only_the_claim(result: &DynamicObject) -> bool {
+    !is_complete(result)
+        && result.data.as_object().is_none_or(|body| {
+            body.keys()
+                .all(|k| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+        })
+}
+
 fn is_complete(result: &DynamicObject) -> bool {
     result.labels().get(COMPLETED_LABEL).map(String::as_str) == Some("true")
 }
@@ -332,6 +343,26 @@ mod tests {
         // create would have set comes with the claim.
         let claim = claimed_result(&step_of_instance(), &delegate, "cluster1");
         assert_eq!(claim["metadata"]["labels"][INSTANCE_ID_LABEL], "i");
+    }
+
+    #[test]
+    fn a_result_no_executor_wrote_to_is_only_a_claim() {
+        let claim: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
+            "metadata": { "name": "wf-1", "labels": { DELEGATE_LABEL: "true" } },
+        }))
+        .unwrap();
+        assert!(holds_only_the_claim(&claim));
+        let mut written = claim.clone();
+        written.data = json!({ "outputs": { "parameters": [] } });
+        assert!(!holds_only_the_claim(&written));
+        let mut complete = claim;
+        complete
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(COMPLETED_LABEL.into(), "true".into());
+        assert!(!holds_only_the_claim(&complete));
     }
 
     #[test]

@@ -285,6 +285,12 @@ pub async fn mirror_task_result(
     if !delegate_ended && !task_results::is_claimed(&found, delegate) {
         claim_task_result(proxy, delegate, step, target, context).await;
     }
+    // A delegate that never ran its executor (still unscheduled, say) must not make Argo wait
+    // for a result: after `argo stop`, Argo would mark the step "pod deleted" once it labels the
+    // proxy completed. Ended, the claim is mirrored complete.
+    if !delegate_ended && task_results::holds_only_the_claim(&found) {
+        return Ok(());
+    }
     task_results::mirror(&context.source, proxy, step, &found, delegate_ended)
         .await
         .map_err(Error::Source)

@@ -61,8 +61,9 @@ fn argo_gave_up(proxy: &Pod) -> Option<String> {
 
 /// Deletes a stopped proxy's delegate in its cluster and records the stop as the proxy's
 /// result, once Argo's kill command had its grace. An Argo step's task result is mirrored
-/// complete first (it goes with the delegate, and nobody will write it again), so that Argo
-/// does not wait for it.
+/// complete first, before that grace (it goes with the delegate, and nobody will write it
+/// again): Argo stops watching a pod it labelled completed, and a step whose result it still
+/// waits for then ends "pod deleted".
 pub async fn run(
     proxy: &Proxy,
     context: &Context,
@@ -71,11 +72,11 @@ pub async fn run(
     step: Option<&Step>,
     why: &str,
 ) -> Result<Action, Error> {
-    if let Some(wait) = grace_left(&proxy.pod, &context.argo_completed_seen) {
-        return Ok(Action::requeue(wait));
-    }
     if let Some(step) = step {
         follow::mirror_task_result(&proxy.pod, delegate, step, true, target, context).await?;
+    }
+    if let Some(wait) = grace_left(&proxy.pod, &context.argo_completed_seen) {
+        return Ok(Action::requeue(wait));
     }
     if outcome::result_of(delegate).is_none() {
         target
