@@ -372,8 +372,8 @@ async fn burst(
             over.join("; ")
         );
     }
-    // The next burst's delegate-sync must not find this one's proxies (its memory would
-    // count them): their finalizers go, then their namespaces, in every cluster.
+    // The next burst's delegate-sync must not find this one's proxies or delegates (its
+    // memory would count them): their finalizers go, then their namespaces, in every cluster.
     release_proxies(&proxies, count).await?;
     for namespace in [&namespace, &floor_namespace] {
         common::delete_namespace(&bed.all(), namespace).await?;

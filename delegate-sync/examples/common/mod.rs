@@ -259,7 +259,8 @@ pub async fn create_namespace(clients: &[Client], name: &str) -> anyhow::Result<
     Ok(())
 }
 
-/// Deletes namespace `name` in every cluster, without waiting for it to be gone.
+/// Deletes namespace `name` in every cluster and waits until it is gone from all of them (what
+/// it held must not be in the next measurement).
 pub async fn delete_namespace(clients: &[Client], name: &str) -> anyhow::Result<()> {
     for client in clients {
         let api: Api<Namespace> = Api::all(client.clone());
@@ -267,6 +268,16 @@ pub async fn delete_namespace(clients: &[Client], name: &str) -> anyhow::Result<
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => return Err(e.into()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for client in clients {
+        let api: Api<Namespace> = Api::all(client.clone());
+        while api.get_opt(name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("namespace {name} still there after 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     Ok(())
