@@ -21,7 +21,7 @@
 mod common;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -31,13 +31,11 @@ use contract::{
     CLEANUP_FINALIZER, ELECT, PROXY_LABEL, RESULT, SOURCEPOD_MANIFEST, manifest::ManifestKey,
 };
 use e2e::{lifecycle, testbed::Testbed};
-use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt as _, api::PostParams};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"propagation-benchmark-key-0123456789abcdef";
-const CREATE_CONCURRENCY: usize = 50;
 const TARGETS: [&str; 2] = ["cluster2", "cluster3"];
 
 struct Args {
@@ -144,7 +142,7 @@ fn proxy(namespace: &str, name: &str, key: &ManifestKey) -> anyhow::Result<Pod> 
 /// The floor of a burst of `count`: the least work the apiservers must do for `count` delegated
 /// pods. Each proxy is created in the source (the same pod, less what makes it a proxy) and its
 /// delegate directly in a target (the targets in turn, the same pod delegate-sync would create,
-/// left unscheduled so that it takes no room), through the same clients, `CREATE_CONCURRENCY`
+/// left unscheduled so that it takes no room), through the same clients, `common::CREATES_IN_FLIGHT`
 /// at once, with no controller in between. Returns its wall time in seconds.
 async fn floor(
     source: &Client,
@@ -167,15 +165,12 @@ async fn floor(
         creates.push((targets[i % targets.len()].clone(), copy));
     }
     let started = Instant::now();
-    futures::stream::iter(creates)
-        .map(|(client, pod)| async move {
-            let api: Api<Pod> = Api::namespaced(client, namespace);
-            api.create(&PostParams::default(), &pod).await?;
-            Ok::<(), anyhow::Error>(())
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    common::at_once(creates, |(client, pod)| async move {
+        let api: Api<Pod> = Api::namespaced(client, namespace);
+        api.create(&PostParams::default(), &pod).await?;
+        Ok(())
+    })
+    .await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -253,44 +248,115 @@ async fn overcommitted(targets: &[(&str, Client)]) -> anyhow::Result<Vec<String>
 /// Pods no controller of ours cares about, in the targets (the targets' own workload), left
 /// unscheduled: delegate-sync still watches every pod of every target.
 async fn unrelated_pods(targets: &[Client], namespace: &str, count: usize) -> anyhow::Result<()> {
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let api: Api<Pod> = Api::namespaced(targets[i % targets.len()].clone(), namespace);
-            async move {
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": { "name": format!("unrelated-{i}"),
-                                  "labels": { "app": "unrelated" },
-                                  "annotations": { "note": "a pod of the target's own workload" } },
-                    "spec": { "schedulerName": "benchmark-leaves-pods-pending",
-                              "containers": [{ "name": "main", "image": "busybox",
-                                               "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } } }] },
-                }))?;
-                api.create(&PostParams::default(), &pod).await?;
-                Ok::<(), anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    common::at_once(0..count, |i| {
+        let api: Api<Pod> = Api::namespaced(targets[i % targets.len()].clone(), namespace);
+        async move {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": { "name": format!("unrelated-{i}"),
+                              "labels": { "app": "unrelated" },
+                              "annotations": { "note": "a pod of the target's own workload" } },
+                "spec": { "schedulerName": "benchmark-leaves-pods-pending",
+                          "containers": [{ "name": "main", "image": "busybox",
+                                           "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } } }] },
+            }))?;
+            api.create(&PostParams::default(), &pod).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Takes delegate-sync's finalizer off the `count` proxies of a burst, so that their namespace
 /// goes without it.
 async fn release_proxies(proxies: &Api<Pod>, count: usize) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
-    futures::stream::iter(0..count)
-        .map(|i| async move {
-            let patch = Patch::Merge(json!({ "metadata": { "finalizers": null } }));
-            proxies
-                .patch(&format!("p-{i}"), &PatchParams::default(), &patch)
-                .await?;
-            Ok::<(), anyhow::Error>(())
+    common::at_once(0..count, |i| async move {
+        let patch = Patch::Merge(json!({ "metadata": { "finalizers": null } }));
+        proxies
+            .patch(&format!("p-{i}"), &PatchParams::default(), &patch)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Where the machine's time and the apiservers' requests went, read at one moment.
+struct Profile {
+    cpu: BTreeMap<String, f64>,
+    /// Per cluster, the requests served so far.
+    requests: Vec<(&'static str, BTreeMap<String, f64>)>,
+    at: Instant,
+}
+
+impl Profile {
+    async fn now(bed: &Bed) -> anyhow::Result<Self> {
+        let mut requests = Vec::new();
+        for (name, client) in bed.named_all() {
+            requests.push((name, common::requests_served(&client).await?));
+        }
+        Ok(Self {
+            cpu: common::cpu_by_program(),
+            requests,
+            at: Instant::now(),
         })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    }
+
+    /// What was used from `self` to `later`, per pod of a burst of `count`: CPU seconds by
+    /// program (with the machine's busy share), and requests by cluster, verb and resource.
+    fn until(&self, later: &Profile, count: usize) -> Value {
+        let cpu = common::cpu_used(&self.cpu, &later.cpu);
+        let total: f64 = cpu.iter().map(|(_, s)| s).sum();
+        let wall = later.at.duration_since(self.at).as_secs_f64();
+        let requests: serde_json::Map<String, Value> = self
+            .requests
+            .iter()
+            .zip(&later.requests)
+            .map(|((name, before), (_, after))| {
+                let rows = common::requests_per(before, after, count);
+                (name.to_string(), json!(rows))
+            })
+            .collect();
+        json!({
+            "wall_s": wall,
+            "cpu_s": total,
+            "cpu_ms_per_pod": 1000.0 * total / count.max(1) as f64,
+            "cores_busy": total / wall.max(1e-9),
+            "cpu_by_program_s": cpu.iter().take(12).map(|(p, s)| json!([p, common::round2(*s)])).collect::<Vec<_>>(),
+            "requests_per_pod": requests,
+        })
+    }
+}
+
+/// One line of what a [`Profile::until`] found.
+fn profile_line(what: &str, profile: &Value) -> String {
+    let top: Vec<String> = profile["cpu_by_program_s"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(6)
+        .map(|p| format!("{} {}", p[0].as_str().unwrap_or("?"), p[1]))
+        .collect();
+    let writes: Vec<String> = profile["requests_per_pod"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(cluster, rows)| {
+            let rows: Vec<String> = rows
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{} {}", r[0].as_str().unwrap_or("?"), r[1]))
+                .collect();
+            format!("{cluster}: {}", rows.join(", "))
+        })
+        .collect();
+    format!(
+        "{what:>12}: CPU {:.0} ms per pod, {:.2} cores busy ({}); requests per pod: {}",
+        profile["cpu_ms_per_pod"].as_f64().unwrap_or(f64::NAN),
+        profile["cores_busy"].as_f64().unwrap_or(f64::NAN),
+        top.join(", "),
+        writes.join("; ")
+    )
 }
 
 /// The clients a burst uses.
@@ -305,6 +371,12 @@ impl Bed {
     fn all(&self) -> Vec<Client> {
         std::iter::once(self.source.clone())
             .chain(self.targets.iter().cloned())
+            .collect()
+    }
+
+    fn named_all(&self) -> Vec<(&'static str, Client)> {
+        std::iter::once(("cluster1", self.source.clone()))
+            .chain(self.named_targets())
             .collect()
     }
 
@@ -328,7 +400,9 @@ async fn burst(
     let pid = std::process::id();
     let floor_namespace = format!("floor-{label}-{pid}");
     common::create_namespace(&bed.all(), &floor_namespace).await?;
+    let before_floor = Profile::now(bed).await?;
     let floor_s = floor(&bed.source, &bed.targets, &floor_namespace, count, &bed.key).await?;
+    let floor_profile = before_floor.until(&Profile::now(bed).await?, count);
 
     let work = common::work_dir(&format!("propagation-work/{label}"))?;
     let running =
@@ -343,26 +417,24 @@ async fn burst(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, cpu_before) = common::footprint(running.0.id())?;
+    let before_burst = Profile::now(bed).await?;
     let proxies: Api<Pod> = Api::namespaced(bed.source.clone(), &namespace);
     let started = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
-            let proxies = proxies.clone();
-            let seen = seen.clone();
-            let name = format!("p-{i}");
-            let pod = proxy(&namespace, &name, &bed.key);
-            async move {
-                let pod = pod?;
-                common::record(&seen, |s| {
-                    s.created.insert(name.clone(), Instant::now());
-                });
-                proxies.create(&PostParams::default(), &pod).await?;
-                Ok::<(), anyhow::Error>(())
-            }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    common::at_once(0..count, |i| {
+        let proxies = proxies.clone();
+        let seen = seen.clone();
+        let name = format!("p-{i}");
+        let pod = proxy(&namespace, &name, &bed.key);
+        async move {
+            let pod = pod?;
+            common::record(&seen, |s| {
+                s.created.insert(name.clone(), Instant::now());
+            });
+            proxies.create(&PostParams::default(), &pod).await?;
+            Ok(())
+        }
+    })
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(120 + count as u64 / 2);
     loop {
         let done = seen.lock().unwrap_or_else(|e| e.into_inner()).result.len();
@@ -380,6 +452,7 @@ async fn burst(
     }
     let total = started.elapsed().as_secs_f64();
     let (rss_kib, cpu_after) = common::footprint(running.0.id())?;
+    let burst_profile = before_burst.until(&Profile::now(bed).await?, count);
     drop(running);
     for watch in watches {
         watch.abort();
@@ -426,6 +499,8 @@ async fn burst(
         rate / floor_rate,
         cpu_after - cpu_before
     );
+    println!("{}", profile_line("floor", &floor_profile));
+    println!("{}", profile_line("delegated", &burst_profile));
     Ok(json!({
         "label": label, "proxies": count,
         "delegated_s": delegated_s, "delegated_per_s": rate,
@@ -433,6 +508,7 @@ async fn burst(
         "created_to_delegate_ms": {"p50": created_p50, "p99": created_p99},
         "ended_to_result_ms": {"p50": result_p50, "p99": result_p99},
         "total_s": total, "peak_rss_kib": rss_kib, "cpu_s": cpu_after - cpu_before,
+        "floor_profile": floor_profile, "profile": burst_profile,
     }))
 }
 
@@ -516,6 +592,11 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
         rows.push(json!({"measure": format!("delegate-sync peak RSS, {with}"),
             "ours": round(number(&r["peak_rss_kib"]) / 1024.0), "baseline": null,
             "ratio": null, "unit": "MiB", "goal": goal}));
+        let per_pod = |p: &Value| number(&p["cpu_ms_per_pod"]);
+        let (ours, floor_cpu) = (per_pod(&r["profile"]), per_pod(&r["floor_profile"]));
+        rows.push(json!({"measure": format!("machine CPU per pod (every process), {with}"),
+            "ours": round(ours), "baseline": round(floor_cpu), "ratio": round(ours / floor_cpu),
+            "unit": "ms", "goal": "-"}));
         rows.push(json!({"measure": format!("delegate-sync CPU, {with}"),
             "ours": round(number(&r["cpu_s"])), "baseline": null, "ratio": null,
             "unit": "s", "goal": "-"}));
