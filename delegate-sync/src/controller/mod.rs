@@ -10,7 +10,8 @@
 //! 6. `result`: the result, written once on the proxy;
 //! 7. `clean_up`: a deleted proxy deletes its delegate, then lets go.
 //!
-//! `proxy` holds what every step writes on the proxy (annotations, Events).
+//! `proxy` holds what every step writes on the proxy (annotations, Events); `endings` runs the
+//! steps for proxies whose delegate ended in a lane of their own, beside the queue.
 //!
 //! Level-triggered: every step reads the current state and is safe to repeat; all state lives
 //! in the API objects (the recorded target and delegate name annotations), but for the start of
@@ -18,6 +19,7 @@
 
 mod clean_up;
 mod create;
+mod endings;
 mod follow;
 mod lost;
 mod place;
@@ -131,6 +133,8 @@ pub struct Context {
     pub copies: crate::copies::Settings,
     /// Proxies whose relay ended, for `run` to reconcile again (taken once).
     relay_ended: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
+    /// Proxies being reconciled now, by the queue or by the endings lane.
+    busy: endings::Busy,
 }
 
 impl Context {
@@ -171,6 +175,7 @@ impl Context {
             relays,
             copies,
             relay_ended: Mutex::new(Some(relay_ended)),
+            busy: endings::Busy::default(),
         }
     }
 
@@ -221,6 +226,18 @@ pub async fn run(
         proxy.metadata.deletion_timestamp.is_some()
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
+    // Every change of a delegate wakes its proxy in the queue, and also in the endings lane,
+    // which takes it only if the delegate ended. A full lane drops the wake-up: the queue has it.
+    let (to_endings, endings_woken) = tokio::sync::mpsc::channel(ENDINGS_BACKLOG);
+    let delegate_events = delegate_events
+        .inspect(move |proxy| drop(to_endings.try_send(proxy.clone())))
+        .boxed();
+    let ending = tokio::spawn(endings::run(
+        context.clone(),
+        controller.store(),
+        endings_woken,
+        usize::from(context.timing.concurrency),
+    ));
     let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
     let refreshing = tokio::spawn(refresh_copies(context.clone()));
     let relay_ended = match context.relay_ended.lock().ok().and_then(|mut r| r.take()) {
@@ -235,7 +252,7 @@ pub async fn run(
             relay_ended,
         ]))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .run(reconcile_queued, error_policy, context)
         .for_each(|result| {
             let outcome = if result.is_ok() { "ok" } else { "error" };
             metrics
@@ -256,7 +273,11 @@ pub async fn run(
         .await;
     sweeping.abort();
     refreshing.abort();
+    ending.abort();
 }
+
+/// Wake-ups the endings lane holds before it drops them.
+const ENDINGS_BACKLOG: usize = 4096;
 
 /// Keeps what was made in targets current ([`crate::copies::refresh`]), while leading.
 async fn refresh_copies(context: Arc<Context>) {
@@ -321,6 +342,15 @@ fn error_policy(_proxy: Arc<Pod>, error: &Error, context: Arc<Context>) -> Actio
         Error::Target { .. } => Duration::from_secs(5),
         _ => Duration::from_secs(2),
     })
+}
+
+/// [`reconcile`] from the controller's queue: after the endings lane, if it is at this proxy.
+async fn reconcile_queued(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, Error> {
+    let reference = ObjectRef::from_obj(&*pod);
+    let Some(_claim) = context.busy.claim(&reference) else {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    };
+    reconcile(pod, context.clone()).await
 }
 
 /// Reconciles one proxy, through the steps of its journey.
