@@ -1,7 +1,8 @@
 //! delegate-sync: places the delegate of each proxy pod in a target cluster, creates it,
 //! mirrors it back and cleans up (steps 3–7 of the pod's journey, issue #5).
 //!
-//! - [`placement`]: which cluster fits the most replicas of a pod, counting delegates in flight.
+//! - [`placement`]: which cluster fits the most replicas of a pod, counting delegates in flight;
+//!   [`capacity`]: what targets' pods use per node, kept from a watch.
 //! - [`delegate`]: the delegate pod from a verified saved manifest.
 //! - [`outcome`]: the result a terminal delegate gives its proxy.
 //! - [`controller`]: the reconciliation of proxies; [`targets`]: clients and caches per cluster;
@@ -12,6 +13,7 @@
 //! - [`quantity`]: Kubernetes quantities as exact integers.
 
 pub mod args;
+pub mod capacity;
 pub mod controller;
 pub mod copies;
 pub mod credentials;

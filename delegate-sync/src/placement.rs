@@ -1,5 +1,6 @@
 //! Where a delegate goes: the pinned cluster, or the cluster that fits the most replicas of the
-//! pod. Pure: it sees snapshots of each cluster's nodes and pods, so every rule is a unit test.
+//! pod. Pure: it sees snapshots of each cluster's nodes and of what their pods use per node
+//! ([`NodeUsage`]), so every rule is a unit test.
 //!
 //! Per node: allocatable minus the requests of the non-terminal pods bound to it; per resource
 //! the pod requests, floor(available / request); node score = the minimum over resources (and
@@ -7,7 +8,10 @@
 //! yet bound are first placed into the bins (the 2019 implementation forgot them, so bursts
 //! over-committed a cluster). Ties go to the cluster listed first.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use k8s_openapi::api::core::v1::{
     Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
@@ -18,13 +22,17 @@ use crate::quantity::parse_milli;
 /// Resource name to thousandths of its unit.
 pub type Resources = BTreeMap<String, i128>;
 
+/// Per node name, the sum of the requests of the non-terminal pods bound to it: all placement
+/// needs of a cluster's pods.
+pub type NodeUsage = HashMap<String, Resources>;
+
 /// A snapshot of one target cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct ClusterView<'a> {
     pub name: &'a str,
     pub nodes: &'a [Arc<Node>],
-    /// Every pod of the cluster (terminal ones are ignored).
-    pub pods: &'a [Arc<Pod>],
+    /// What the cluster's pods use of each node.
+    pub used: &'a NodeUsage,
     /// Delegates sent to this cluster and not yet bound to a node.
     pub in_flight: &'a [&'a PodSpec],
 }
@@ -91,7 +99,7 @@ pub fn replicas(spec: &PodSpec, cluster: &ClusterView<'_>) -> Result<i128, Strin
     for node in cluster.nodes {
         match unusable(node, spec) {
             Some(reason) => *skipped.entry(reason).or_default() += 1,
-            None => bins.push((&**node, free(node, cluster.pods))),
+            None => bins.push((&**node, free(node, cluster.used))),
         }
     }
     if bins.is_empty() {
@@ -185,8 +193,7 @@ fn max_into(into: &mut Resources, other: &Resources) {
 }
 
 /// Allocatable minus the requests of the non-terminal pods bound to the node.
-fn free(node: &Node, pods: &[Arc<Pod>]) -> Resources {
-    let name = node.metadata.name.as_deref();
+fn free(node: &Node, used: &NodeUsage) -> Resources {
     let mut free: Resources = node
         .status
         .as_ref()
@@ -195,19 +202,46 @@ fn free(node: &Node, pods: &[Arc<Pod>]) -> Resources {
         .flatten()
         .filter_map(|(k, q)| Some((k.clone(), parse_milli(&q.0)?)))
         .collect();
-    for pod in pods {
-        let spec = pod.spec.as_ref();
-        let bound_here = spec.and_then(|s| s.node_name.as_deref()).is_some()
-            && spec.and_then(|s| s.node_name.as_deref()) == name;
-        let terminal = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        if let (true, false, Some(spec)) = (bound_here, terminal, spec) {
-            subtract(&mut free, &pod_requests(spec));
-        }
+    if let Some(used) = node.metadata.name.as_ref().and_then(|n| used.get(n)) {
+        subtract(&mut free, used);
     }
     free
+}
+
+/// What a pod takes of its node: its node and requests, while it is bound and not terminal.
+pub fn footprint(pod: &Pod) -> Option<(&str, Resources)> {
+    let spec = pod.spec.as_ref()?;
+    let node = spec.node_name.as_deref()?;
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    (!terminal).then(|| (node, pod_requests(spec)))
+}
+
+/// Adds `requests` to what `node` uses.
+pub fn add_use(used: &mut NodeUsage, node: &str, requests: &Resources) {
+    add(used.entry(node.to_string()).or_default(), requests);
+}
+
+/// Takes `requests` back from what `node` uses; a node left using nothing is dropped.
+pub fn remove_use(used: &mut NodeUsage, node: &str, requests: &Resources) {
+    if let Some(on_node) = used.get_mut(node) {
+        subtract(on_node, requests);
+        on_node.retain(|_, v| *v != 0);
+        if on_node.is_empty() {
+            used.remove(node);
+        }
+    }
+}
+
+/// What `pods` use of each node.
+pub fn usage_of<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> NodeUsage {
+    let mut used = NodeUsage::new();
+    for (node, requests) in pods.into_iter().filter_map(footprint) {
+        add_use(&mut used, node, &requests);
+    }
+    used
 }
 
 /// How many times `requests` fit in `free`: the minimum over requested resources. A pod that
@@ -369,6 +403,10 @@ mod tests {
         .unwrap())
     }
 
+    fn usage(pods: &[Arc<Pod>]) -> NodeUsage {
+        usage_of(pods.iter().map(|p| &**p))
+    }
+
     fn spec(value: Value) -> PodSpec {
         serde_json::from_value(value).unwrap()
     }
@@ -381,7 +419,7 @@ mod tests {
 
     struct Blog {
         nodes: [Vec<Arc<Node>>; 2],
-        pods: [Vec<Arc<Pod>>; 2],
+        used: [NodeUsage; 2],
     }
 
     /// The blog's clusters: 3 nodes of 940m; system pods 550/550/740m and 500/600/640m.
@@ -401,7 +439,7 @@ mod tests {
         let (n2, p2) = cluster("cluster2", ["500m", "600m", "640m"]);
         Blog {
             nodes: [n1, n2],
-            pods: [p1, p2],
+            used: [usage(&p1), usage(&p2)],
         }
     }
 
@@ -410,13 +448,13 @@ mod tests {
             ClusterView {
                 name: "cluster1",
                 nodes: &blog.nodes[0],
-                pods: &blog.pods[0],
+                used: &blog.used[0],
                 in_flight: &in_flight[0],
             },
             ClusterView {
                 name: "cluster2",
                 nodes: &blog.nodes[1],
-                pods: &blog.pods[1],
+                used: &blog.used[1],
                 in_flight: &in_flight[1],
             },
         ]
@@ -477,7 +515,7 @@ mod tests {
         let view = ClusterView {
             name: "c",
             nodes: &nodes,
-            pods: &pods,
+            used: &usage(&pods),
             in_flight: &[],
         };
         assert_eq!(replicas(&cpu_pod("300m"), &view), Ok(3));
@@ -506,7 +544,7 @@ mod tests {
         let view = ClusterView {
             name: "c",
             nodes: &nodes,
-            pods: &[],
+            used: &NodeUsage::new(),
             in_flight: &[],
         };
         assert_eq!(replicas(&cpu_pod("500m"), &view), Ok(2));
@@ -523,7 +561,7 @@ mod tests {
         let only_bad = ClusterView {
             name: "c",
             nodes: &nodes[..3],
-            pods: &[],
+            used: &NodeUsage::new(),
             in_flight: &[],
         };
         let why = replicas(&cpu_pod("1"), &only_bad).unwrap_err();
@@ -552,7 +590,7 @@ mod tests {
         let view = ClusterView {
             name: "c",
             nodes: &nodes,
-            pods: &[],
+            used: &NodeUsage::new(),
             in_flight: &[],
         };
         let mut pod = cpu_pod("1");
@@ -627,13 +665,13 @@ mod tests {
             ClusterView {
                 name: "small",
                 nodes: &small,
-                pods: &[],
+                used: &NodeUsage::new(),
                 in_flight: &[],
             },
             ClusterView {
                 name: "large",
                 nodes: &large,
-                pods: &pods,
+                used: &usage(&pods),
                 in_flight: &[],
             },
         ];

@@ -1,5 +1,5 @@
-//! Target clusters: a client each, and caches (reflectors) of their nodes, pods and of the
-//! delegates this source cluster made there. A target that cannot be reached is logged and
+//! Target clusters: a client each, caches (reflectors) of their nodes and of the delegates this
+//! source cluster made there, and what their pods use per node ([`OccupancyCache`]). A target that cannot be reached is logged and
 //! retried by its watchers; it never stops the others.
 
 use std::{
@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::Notify;
 
 use anyhow::Context as _;
-use futures::{Stream, StreamExt as _, stream::BoxStream};
+use futures::{Stream, StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client, ResourceExt as _,
@@ -26,6 +26,7 @@ use kube::{
 
 use crate::{
     args::TargetSpec,
+    capacity::OccupancyCache,
     delegate::{DELEGATE_LABEL, PROXY_CLUSTER, PROXY_NAME, PROXY_NAMESPACE},
     retry::{Comebacks, backoff_until_back},
 };
@@ -38,7 +39,8 @@ pub struct Target {
     /// The source cluster itself (`NAME=self`): its pods' references are there already.
     pub is_source: bool,
     pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
+    /// What the target's pods use of each node (not the pods: see [`crate::capacity`]).
+    pub pods: OccupancyCache,
     pub delegates: Store<Pod>,
     reachability: Arc<Reachability>,
 }
@@ -197,7 +199,7 @@ impl Target {
             }
         };
         let (nodes, nodes_writer) = reflector::store::<Node>();
-        let (pods, pods_writer) = reflector::store::<Pod>();
+        let pods = OccupancyCache::default();
         let (delegates, delegates_writer) = reflector::store::<Pod>();
         let name = spec.name.clone();
         let reachability = Arc::new(Reachability::default());
@@ -214,18 +216,19 @@ impl Target {
             signals.room_freed.clone(),
             |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
         );
+        let occupancy = pods.clone();
         spawn_reflector(
             &name,
             "pods",
-            reflector::reflector(
-                pods_writer,
-                // Small pages: a list of every pod is the peak of delegate-sync's memory.
-                watcher(
-                    Api::<Pod>::all(client.clone()),
-                    watcher::Config::default().page_size(100),
-                )
-                .modify(trim_pod),
-            ),
+            // Small pages: a list of every pod is the peak of delegate-sync's memory.
+            watcher(
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default().page_size(100),
+            )
+            .map_ok(move |event| {
+                occupancy.handle(&event);
+                event
+            }),
             comebacks(),
             signals.room_freed.clone(),
             frees_room,
@@ -292,7 +295,7 @@ impl Target {
 
     /// True once every cache holds a full listing (a store is ready after its first list).
     pub fn synced(&self) -> bool {
-        ready(&self.nodes) && ready(&self.pods) && ready(&self.delegates)
+        ready(&self.nodes) && self.pods.ready() && ready(&self.delegates)
     }
 
     /// How long the target has not answered; None while it answers.
@@ -364,37 +367,6 @@ fn trim_node(node: &mut Node) {
         status.images = None;
         status.volumes_attached = None;
         status.volumes_in_use = None;
-    }
-}
-
-/// Keeps of a pod what placement reads: its node, phase and resource requests (every pod of
-/// every target is cached, so this is most of delegate-sync's memory).
-fn trim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    pod.metadata.labels = None;
-    pod.metadata.owner_references = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        let keep = |c: &mut k8s_openapi::api::core::v1::Container| {
-            *c = k8s_openapi::api::core::v1::Container {
-                name: std::mem::take(&mut c.name),
-                resources: c.resources.take(),
-                restart_policy: c.restart_policy.take(),
-                ..Default::default()
-            };
-        };
-        spec.containers.iter_mut().for_each(keep);
-        spec.init_containers.iter_mut().flatten().for_each(keep);
-        spec.volumes = None;
-        spec.affinity = None;
-        spec.tolerations = None;
-        spec.ephemeral_containers = None;
-    }
-    if let Some(status) = pod.status.as_mut() {
-        *status = k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase.take(),
-            ..Default::default()
-        };
     }
 }
 

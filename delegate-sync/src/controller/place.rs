@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    placement::{self, ClusterView, Placement},
+    placement::{self, ClusterView, NodeUsage, Placement},
     targets::Target,
 };
 
@@ -180,36 +180,32 @@ async fn decide(
     }
 }
 
-/// The pods of a target as placement must count them: its pod cache, corrected by its delegate
-/// cache, which may have seen a delegate bound before the pod cache did (two watches, no common
-/// order); and the delegates not bound yet. Lookups by key: a burst must not cost the square
-/// of the cluster's pods.
-fn occupancy(target: &Target) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+/// What a target's pods use as placement must count it: the usage its pod watch keeps,
+/// corrected by its delegate cache, which may have seen a delegate bound before the pod watch
+/// did (two watches, no common order); and the delegates not bound yet. Lookups by key: a
+/// burst must not cost the square of the cluster's pods.
+fn occupancy(target: &Target) -> (NodeUsage, Vec<Arc<Pod>>) {
     let bound = |p: &Pod| p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
-    let mut pods = target.pods.state();
+    let mut used = target.pods.by_node();
     let mut unbound = Vec::new();
     for delegate in target.delegates.state() {
-        let cached_bound = target
-            .pods
-            .get(&ObjectRef::from_obj(&*delegate))
-            .is_some_and(|p| bound(&p));
-        if cached_bound {
+        if target.pods.counts(&ObjectRef::from_obj(&*delegate)) {
             continue;
         }
-        if bound(&delegate) {
-            pods.push(delegate);
-        } else {
+        if let Some((node, requests)) = placement::footprint(&delegate) {
+            placement::add_use(&mut used, node, &requests);
+        } else if !bound(&delegate) {
             unbound.push(delegate);
         }
     }
-    (pods, unbound)
+    (used, unbound)
 }
 
 /// What placement sees of one target.
 struct Snapshot {
     name: String,
     nodes: Vec<Arc<Node>>,
-    pods: Vec<Arc<Pod>>,
+    used: NodeUsage,
     /// Delegates created and not bound yet.
     unbound: Vec<Arc<Pod>>,
     /// Delegates decided and not created yet.
@@ -238,17 +234,17 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .into_iter()
         .map(|t| {
             let nodes = t.nodes.state();
-            let (pods, unbound) = occupancy(t);
+            let (used, unbound) = occupancy(t);
             // Reservations whose delegate a cache already shows are counted there.
             let reserved = in_flight.entry(t.name.clone()).or_default();
             reserved.retain(|r| {
                 let key = ObjectRef::new(&r.name).within(&r.namespace);
-                t.delegates.get(&key).is_none() && t.pods.get(&key).is_none()
+                t.delegates.get(&key).is_none() && !t.pods.counts(&key)
             });
             Snapshot {
                 name: t.name.clone(),
                 nodes,
-                pods,
+                used,
                 unbound,
                 reserved: reserved.iter().map(|r| r.spec.clone()).collect(),
             }
@@ -270,7 +266,7 @@ fn choose(delegate: InFlight, pinned: Option<&str>, context: &Context) -> Placem
         .map(|(s, in_flight)| ClusterView {
             name: &s.name,
             nodes: &s.nodes,
-            pods: &s.pods,
+            used: &s.used,
             in_flight,
         })
         .collect();
