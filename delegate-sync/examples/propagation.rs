@@ -192,10 +192,10 @@ fn delegate(namespace: &str, name: &str) -> anyhow::Result<Pod> {
 }
 
 /// Nodes of the targets whose bound, non-terminal pods request more than they have, counted as
-/// delegate-sync counts them ([`delegate_sync::placement::pod_requests`]); empty when placement
-/// was exact.
+/// delegate-sync counts them ([`delegate_sync::placement::usage_of`]); empty when placement was
+/// exact.
 async fn overcommitted(targets: &[(&str, Client)]) -> anyhow::Result<Vec<String>> {
-    use delegate_sync::{placement::pod_requests, quantity::parse_milli};
+    use delegate_sync::{placement::usage_of, quantity::parse_milli};
     use k8s_openapi::api::core::v1::Node;
     let mut over = Vec::new();
     for (name, client) in targets {
@@ -205,26 +205,7 @@ async fn overcommitted(targets: &[(&str, Client)]) -> anyhow::Result<Vec<String>
         let pods = Api::<Pod>::all(client.clone())
             .list(&Default::default())
             .await?;
-        let mut used: HashMap<String, delegate_sync::placement::Resources> = HashMap::new();
-        for pod in &pods.items {
-            let terminal = matches!(
-                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            );
-            let Some(spec) = pod.spec.as_ref() else {
-                continue;
-            };
-            let Some(node) = spec.node_name.as_ref() else {
-                continue;
-            };
-            if terminal {
-                continue;
-            }
-            let on_node = used.entry(node.clone()).or_default();
-            for (resource, value) in pod_requests(spec) {
-                *on_node.entry(resource).or_default() += value;
-            }
-        }
+        let used = usage_of(&pods.items);
         for node in &nodes.items {
             let node_name = node.name_any();
             let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone());
