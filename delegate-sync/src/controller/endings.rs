@@ -4,12 +4,12 @@
 //! for room it already lacks), so it gets reconciles of its own beside the controller's queue.
 //!
 //! The lane runs the same level-triggered steps as the queue ([`super::reconcile`]); a proxy is
-//! never reconciled by both at once ([`Busy`]): the queue's pass waits for the lane's, and the
-//! lane leaves a proxy the queue is already reconciling to it.
+//! never reconciled by both at once ([`Busy`]): each waits for the other's pass to end.
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use contract::RESULT;
@@ -85,16 +85,30 @@ pub async fn run(
         .await;
 }
 
-/// One pass of the lane over `reference`, if its delegate ended and the queue is not at it.
+/// How long the lane waits for the queue to finish a pass over a proxy whose delegate ended
+/// (typically the pass that created the delegate, still recording its name).
+const WAIT_FOR_QUEUE: Duration = Duration::from_secs(10);
+
+/// One pass of the lane over `reference`, if its delegate ended: after the queue's pass if the
+/// queue is at it (left to the queue if that takes longer than [`WAIT_FOR_QUEUE`]).
 async fn end(reference: &ObjectRef<Pod>, proxies: &Store<Pod>, context: Arc<Context>) {
-    let Some(pod) = proxies.get(reference) else {
-        return;
-    };
-    if !is_ending(&pod, &context) {
+    let ending = || proxies.get(reference).filter(|pod| is_ending(pod, &context));
+    if ending().is_none() {
         return;
     }
-    let Some(_claim) = context.busy.claim(reference) else {
-        return; // The queue is at it.
+    let started = tokio::time::Instant::now();
+    let _claim = loop {
+        if let Some(claim) = context.busy.claim(reference) {
+            break claim;
+        }
+        if started.elapsed() > WAIT_FOR_QUEUE {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // As the queue's pass left it.
+    let Some(pod) = ending() else {
+        return;
     };
     let outcome = match super::reconcile(pod, context.clone()).await {
         Ok(_) => "ok",

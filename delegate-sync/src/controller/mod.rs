@@ -29,7 +29,7 @@ mod result;
 mod stop;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -135,6 +135,9 @@ pub struct Context {
     relay_ended: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Pod>>>>,
     /// Proxies being reconciled now, by the queue or by the endings lane.
     busy: endings::Busy,
+    /// Proxies that fit no target when last decided: room freed anywhere wakes them (and
+    /// only them: the other unplaced proxies are queued already).
+    waiting_for_room: Mutex<HashSet<ObjectRef<Pod>>>,
 }
 
 impl Context {
@@ -176,6 +179,7 @@ impl Context {
             copies,
             relay_ended: Mutex::new(Some(relay_ended)),
             busy: endings::Busy::default(),
+            waiting_for_room: Mutex::default(),
         }
     }
 
@@ -215,10 +219,7 @@ pub async fn run(
     let controller = Controller::for_stream(proxy_changes, store).with_config(
         kube::runtime::controller::Config::default().concurrency(context.timing.concurrency),
     );
-    let unplaced = wake_when(controller.store(), signals.room_freed, |proxy| {
-        let annotations = proxy.annotations();
-        !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
-    });
+    let unplaced = wake_waiting_for_room(controller.store(), signals.room_freed, context.clone());
     // A target that stops or starts answering concerns every proxy placed and not ended, and
     // every proxy being deleted.
     let placed = wake_when(controller.store(), signals.reachability_changed, |proxy| {
@@ -226,12 +227,21 @@ pub async fn run(
         proxy.metadata.deletion_timestamp.is_some()
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
-    // Every change of a delegate wakes its proxy in the queue, and also in the endings lane,
-    // which takes it only if the delegate ended. A full lane drops the wake-up: the queue has it.
+    // Every change of a delegate, and the end of its log relays, wakes its proxy in the queue
+    // and also in the endings lane, which takes it only if the delegate ended. A full lane
+    // drops the wake-up: the queue has it.
     let (to_endings, endings_woken) = tokio::sync::mpsc::channel(ENDINGS_BACKLOG);
-    let delegate_events = delegate_events
-        .inspect(move |proxy| drop(to_endings.try_send(proxy.clone())))
-        .boxed();
+    let also_to_endings = |wakes: futures::stream::BoxStream<'static, ObjectRef<Pod>>| {
+        let to_endings = to_endings.clone();
+        wakes
+            .inspect(move |proxy| drop(to_endings.try_send(proxy.clone())))
+            .boxed()
+    };
+    let relay_ended = match context.relay_ended.lock().ok().and_then(|mut r| r.take()) {
+        Some(mut ended) => futures::stream::poll_fn(move |cx| ended.poll_recv(cx)).boxed(),
+        None => futures::stream::empty().boxed(),
+    };
+    let (delegate_events, relay_ended) = (also_to_endings(delegate_events), also_to_endings(relay_ended));
     let ending = tokio::spawn(endings::run(
         context.clone(),
         controller.store(),
@@ -240,10 +250,6 @@ pub async fn run(
     ));
     let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
     let refreshing = tokio::spawn(refresh_copies(context.clone()));
-    let relay_ended = match context.relay_ended.lock().ok().and_then(|mut r| r.take()) {
-        Some(mut ended) => futures::stream::poll_fn(move |cx| ended.poll_recv(cx)).boxed(),
-        None => futures::stream::empty().boxed(),
-    };
     controller
         .reconcile_on(futures::stream::select_all([
             delegate_events,
@@ -303,6 +309,41 @@ async fn refresh_copies(context: Arc<Context>) {
             .await;
         }
     }
+}
+
+/// The proxies waiting for room ([`Context::waiting_for_room`]) that are still unplaced, each
+/// time room may have been freed (bursts of notifications coalesce into one pass). A burst's
+/// proxies placed at once are not woken by every delegate that ends meanwhile: each such wake
+/// gave a proxy being reconciled another pass, a decision PATCH refused for a stale version.
+fn wake_waiting_for_room(
+    proxies: Store<Pod>,
+    notify: Arc<Notify>,
+    context: Arc<Context>,
+) -> futures::stream::BoxStream<'static, ObjectRef<Pod>> {
+    futures::stream::unfold((proxies, notify), move |(proxies, notify)| {
+        let context = context.clone();
+        async move {
+            notify.notified().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let unplaced = |proxy: &ObjectRef<Pod>| {
+                proxies.get(proxy).is_some_and(|p| {
+                    let annotations = p.annotations();
+                    !annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT)
+                })
+            };
+            let woken: Vec<ObjectRef<Pod>> = {
+                let mut waiting = context
+                    .waiting_for_room
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                waiting.retain(|proxy| unplaced(proxy));
+                waiting.iter().cloned().collect()
+            };
+            Some((futures::stream::iter(woken), (proxies, notify)))
+        }
+    })
+    .flatten()
+    .boxed()
 }
 
 /// The proxies that `concerned` selects, each time `notify` fires (bursts of notifications

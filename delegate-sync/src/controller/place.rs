@@ -127,7 +127,9 @@ async fn decide(
         name: proxy.delegate_name.clone(),
         spec: spec.clone(),
     };
-    match choose(reservation, pinned, context) {
+    let placement = choose(reservation, pinned, context);
+    waiting_for_room(context, proxy, matches!(placement, Placement::NoFit(_)));
+    match placement {
         Placement::Cluster(name) => {
             // Only on the proxy as we saw it: another replica that decided meanwhile wins, and
             // this one follows its decision on the next pass.
@@ -177,6 +179,20 @@ async fn decide(
             publish(context, &proxy.pod, EventType::Warning, "NoCapacity", note).await;
             Ok(Err(Action::requeue(context.timing.pending_retry)))
         }
+    }
+}
+
+/// Records whether `proxy` waits for room ([`Context::waiting_for_room`]).
+fn waiting_for_room(context: &Context, proxy: &Proxy, waits: bool) {
+    let reference = ObjectRef::from_obj(&*proxy.pod);
+    let mut waiting = context
+        .waiting_for_room
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if waits {
+        waiting.insert(reference);
+    } else {
+        waiting.remove(&reference);
     }
 }
 
