@@ -761,7 +761,7 @@ async fn journey(
             .collect();
         let wanted = [
             "c2-ok:Scheduled",
-            "c2-ok:DelegateCreated",
+            "c2-ok:DelegateSucceeded",
             "nowhere:UnknownCluster",
             "lost:DelegateLost",
         ];

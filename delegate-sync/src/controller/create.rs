@@ -168,14 +168,10 @@ async fn create(
             .delegate_created_seconds
             .observe(seconds_since(&created.0));
     }
-    let note = format!("created delegate {delegate_name} in {}", target.name);
-    publish(
-        context,
-        &proxy.pod,
-        EventType::Normal,
-        "DelegateCreated",
-        note,
-    )
-    .await;
+    let note = format!(
+        "Scheduled to {}: created delegate {delegate_name} there",
+        target.name
+    );
+    publish(context, &proxy.pod, EventType::Normal, "Scheduled", note).await;
     Ok(Action::requeue(RESYNC))
 }

@@ -150,8 +150,8 @@ async fn decide(
                 .placements
                 .get_or_create(&Metrics::cluster(&name))
                 .inc();
-            let note = format!("Scheduled to {name}");
-            publish(context, &proxy.pod, EventType::Normal, "Scheduled", note).await;
+            // The Event comes once the delegate is created (one Event, not two: a burst's
+            // writes on the source are what bounds it); a delegate that waits says why.
             Ok(Ok(name))
         }
         Placement::UnknownCluster { wanted, known } => {

@@ -28,7 +28,15 @@ pub async fn record(
 ) -> Result<Action, Error> {
     // A result is written once and never changed. The proxy cache can lag behind a result this
     // controller has just written (a delegate deleted by a stop wakes this proxy before its own
-    // update arrives), so check the live proxy and write over that version only.
+    // update arrives), so the result is written only over the version read: the cached one
+    // first (most often current: no read), else the live one.
+    let cached = &proxy.pod;
+    if !cached.annotations().contains_key(RESULT)
+        && patch_annotations_at(&proxy.api, cached, json!({ RESULT: result.encode() })).await?
+    {
+        publish(context, cached, type_, reason, note).await;
+        return Ok(Action::await_change());
+    }
     let live = proxy.live().await?;
     record_over(&proxy.api, &live, context, result, type_, reason, note).await
 }
