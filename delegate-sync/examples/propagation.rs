@@ -575,9 +575,11 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
             "ratio": null, "unit": "MiB", "goal": goal}));
         let per_pod = |p: &Value| number(&p["cpu_ms_per_pod"]);
         let (ours, floor_cpu) = (per_pod(&r["profile"]), per_pod(&r["floor_profile"]));
-        rows.push(json!({"measure": format!("machine CPU per pod (every process), {with}"),
+        rows.push(
+            json!({"measure": format!("machine CPU per pod (every process), {with}"),
             "ours": round(ours), "baseline": round(floor_cpu), "ratio": round(ours / floor_cpu),
-            "unit": "ms", "goal": "-"}));
+            "unit": "ms", "goal": "-"}),
+        );
         rows.push(json!({"measure": format!("delegate-sync CPU, {with}"),
             "ours": round(number(&r["cpu_s"])), "baseline": null, "ratio": null,
             "unit": "s", "goal": "-"}));

@@ -417,7 +417,12 @@ pub fn cpu_used(
 ) -> Vec<(String, f64)> {
     let mut used: Vec<(String, f64)> = after
         .iter()
-        .map(|(program, t)| (program.clone(), t - before.get(program).copied().unwrap_or(0.0)))
+        .map(|(program, t)| {
+            (
+                program.clone(),
+                t - before.get(program).copied().unwrap_or(0.0),
+            )
+        })
         .filter(|(_, t)| *t >= 0.01)
         .collect();
     used.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -511,9 +516,13 @@ mod tests {
 
     #[test]
     fn a_test_bed_process_is_told_by_its_cluster() {
-        let cmdline = "kube-apiserver\0--tls-cert-file=/w/target/bench-testbed/cluster2/apiserver.crt";
+        let cmdline =
+            "kube-apiserver\0--tls-cert-file=/w/target/bench-testbed/cluster2/apiserver.crt";
         assert_eq!(super::cluster_in(cmdline), Some("cluster2"));
-        assert_eq!(super::cluster_in("etcd\0--data-dir=/var/lib/clusterfoo/x"), None);
+        assert_eq!(
+            super::cluster_in("etcd\0--data-dir=/var/lib/clusterfoo/x"),
+            None
+        );
         assert_eq!(super::cluster_in("sleep\0100"), None);
     }
 }

@@ -92,7 +92,11 @@ const WAIT_FOR_QUEUE: Duration = Duration::from_secs(10);
 /// One pass of the lane over `reference`, if its delegate ended: after the queue's pass if the
 /// queue is at it (left to the queue if that takes longer than [`WAIT_FOR_QUEUE`]).
 async fn end(reference: &ObjectRef<Pod>, proxies: &Store<Pod>, context: Arc<Context>) {
-    let ending = || proxies.get(reference).filter(|pod| is_ending(pod, &context));
+    let ending = || {
+        proxies
+            .get(reference)
+            .filter(|pod| is_ending(pod, &context))
+    };
     if ending().is_none() {
         return;
     }

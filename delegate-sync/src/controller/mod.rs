@@ -241,7 +241,10 @@ pub async fn run(
         Some(mut ended) => futures::stream::poll_fn(move |cx| ended.poll_recv(cx)).boxed(),
         None => futures::stream::empty().boxed(),
     };
-    let (delegate_events, relay_ended) = (also_to_endings(delegate_events), also_to_endings(relay_ended));
+    let (delegate_events, relay_ended) = (
+        also_to_endings(delegate_events),
+        also_to_endings(relay_ended),
+    );
     let ending = tokio::spawn(endings::run(
         context.clone(),
         controller.store(),
