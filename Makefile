@@ -125,7 +125,7 @@ bench: tools node-images $(TESTBED) waiter packages $(OHA) $(GO_WEBHOOK) ## Benc
 	TESTBED_DIR=$(BENCH_TESTBED_DIR) $(TESTBED) up --clusters 3 --preset e2e/testbed/presets/bench.json >/dev/null && \
 	target/release/examples/propagation --testbed-dir $(BENCH_TESTBED_DIR) \
 	  --counts $(if $(filter 1,$(BENCH_QUICK)),1$(COMMA)100$(COMMA)1000,1$(COMMA)100$(COMMA)1000$(COMMA)10000) \
-	  --unrelated $(if $(filter 1,$(BENCH_QUICK)),2000,20000) && \
+	  --unrelated $(if $(filter 1,$(BENCH_QUICK)),2000,20000) --webhook target/release/webhook && \
 	echo "last hop on real nodes, downward API and exec fast path in alternating rounds:" && \
 	target/release/examples/last_hop --testbed-dir $(BENCH_TESTBED_DIR) \
 	  --pods $(if $(filter 1,$(BENCH_QUICK)),20,100) && \

@@ -13,8 +13,11 @@
 //! ```text
 //! cargo run --release -p delegate-sync --example propagation -- \
 //!     --testbed-dir DIR --delegate-sync target/release/delegate-sync --counts 1,100,1000 \
-//!     --unrelated 20000
+//!     --unrelated 20000 --webhook target/release/webhook
 //! ```
+//! With `--webhook`, the webhook runs as a process too and every burst is created as elected
+//! pods that it makes proxies, so the apiserver's own histogram of its admission latency is
+//! read under the burst.
 //! The test bed needs three clusters (cluster1 the source; cluster2 and cluster3 the targets),
 //! preferably with the `bench` preset (e2e/testbed/presets/bench.json).
 
@@ -43,6 +46,8 @@ struct Args {
     counts: Vec<usize>,
     /// Unrelated pods created in the targets before a last burst of [`UNRELATED_BURST`].
     unrelated: usize,
+    /// The webhook binary: bursts are then created as elected pods that it makes proxies.
+    webhook: Option<std::path::PathBuf>,
 }
 
 /// The burst that runs beside the targets' unrelated pods.
@@ -51,6 +56,7 @@ const UNRELATED_BURST: usize = 100;
 fn args() -> anyhow::Result<Args> {
     let mut counts = vec![1, 100, 1000];
     let mut unrelated = 0;
+    let mut webhook = None;
     let paths = common::parse_args("propagation", |flag, value| {
         match flag {
             "--counts" => {
@@ -61,6 +67,7 @@ fn args() -> anyhow::Result<Args> {
                     .context("--counts: comma-separated numbers")?;
             }
             "--unrelated" => unrelated = value.parse().context("--unrelated: a number")?,
+            "--webhook" => webhook = Some(value.into()),
             _ => return Ok(false),
         }
         Ok(true)
@@ -69,6 +76,7 @@ fn args() -> anyhow::Result<Args> {
         paths,
         counts,
         unrelated,
+        webhook,
     })
 }
 
@@ -136,6 +144,15 @@ fn proxy(namespace: &str, name: &str, key: &ManifestKey) -> anyhow::Result<Pod> 
         // Proxies need no node here: only delegate-sync's work is measured.
         "spec": { "schedulerName": "benchmark-leaves-proxies-pending", "restartPolicy": "Never",
                   "containers": [{ "name": "main", "image": "proxy-waiter" }] },
+    }))?)
+}
+
+/// What a workflow would create: an elected pod, which the webhook makes the same proxy as
+/// [`proxy`] (with the webhook's own proxy container).
+fn elected(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": { "name": name, "annotations": { ELECT: "", lifecycle::RUN_FOR: "1s" } },
+        "spec": { "restartPolicy": "Never", "containers": [{ "name": "main", "image": "busybox" }] },
     }))?)
 }
 
@@ -346,6 +363,8 @@ struct Bed {
     targets: Vec<Client>,
     kubeconfig: std::path::PathBuf,
     key: ManifestKey,
+    /// Bursts are created as elected pods through the webhook (`--webhook`).
+    through_webhook: bool,
 }
 
 impl Bed {
@@ -391,6 +410,15 @@ async fn burst(
             .await?;
     let namespace = format!("propagation-{label}-{pid}");
     common::create_namespace(&bed.all(), &namespace).await?;
+    if bed.through_webhook {
+        use k8s_openapi::api::core::v1::Namespace;
+        use kube::api::{Patch, PatchParams};
+        let (key, value) = common::BENCH_WEBHOOK_OPT_IN;
+        let labels = Patch::Merge(json!({ "metadata": { "labels": { key: value } } }));
+        Api::<Namespace>::all(bed.source.clone())
+            .patch(&namespace, &PatchParams::default(), &labels)
+            .await?;
+    }
     let seen = Shared::default();
     let mut watches = vec![watch_results(bed.source.clone(), &namespace, seen.clone())];
     for target in &bed.targets {
@@ -399,13 +427,18 @@ async fn burst(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, cpu_before) = common::footprint(running.0.id())?;
     let before_burst = Profile::now(bed).await?;
+    let admissions_before = common::admission_histogram(&bed.source).await?;
     let proxies: Api<Pod> = Api::namespaced(bed.source.clone(), &namespace);
     let started = Instant::now();
     common::at_once(0..count, |i| {
         let proxies = proxies.clone();
         let seen = seen.clone();
         let name = format!("p-{i}");
-        let pod = proxy(&namespace, &name, &bed.key);
+        let pod = if bed.through_webhook {
+            elected(&name)
+        } else {
+            proxy(&namespace, &name, &bed.key)
+        };
         async move {
             let pod = pod?;
             common::record(&seen, |s| {
@@ -434,6 +467,14 @@ async fn burst(
     let total = started.elapsed().as_secs_f64();
     let (rss_kib, cpu_after) = common::footprint(running.0.id())?;
     let burst_profile = before_burst.until(&Profile::now(bed).await?, count);
+    let admissions = common::admission_histogram(&bed.source).await?;
+    let admission = |q| common::histogram_quantile(&admissions_before, &admissions, q);
+    let admission_ms = match (admission(0.5), admission(0.99)) {
+        (Some((p50, n)), Some((p99, _))) => json!({ "p50_at_most": p50 * 1000.0,
+                                                    "p99_at_most": p99 * 1000.0,
+                                                    "admissions": n }),
+        _ => Value::Null,
+    };
     drop(running);
     for watch in watches {
         watch.abort();
@@ -480,6 +521,15 @@ async fn burst(
         rate / floor_rate,
         cpu_after - cpu_before
     );
+    if !admission_ms.is_null() {
+        println!(
+            "{:>12}: webhook admission (the apiserver's histogram) p50 <= {} ms, p99 <= {} ms over {} admissions",
+            "admission",
+            admission_ms["p50_at_most"],
+            admission_ms["p99_at_most"],
+            admission_ms["admissions"]
+        );
+    }
     println!("{}", profile_line("floor", &floor_profile));
     println!("{}", profile_line("delegated", &burst_profile));
     Ok(json!({
@@ -490,6 +540,7 @@ async fn burst(
         "ended_to_result_ms": {"p50": result_p50, "p99": result_p99},
         "total_s": total, "peak_rss_kib": rss_kib, "cpu_s": cpu_after - cpu_before,
         "floor_profile": floor_profile, "profile": burst_profile,
+        "webhook_admission_ms": admission_ms,
     }))
 }
 
@@ -507,6 +558,14 @@ async fn main() -> anyhow::Result<()> {
         targets,
         kubeconfig: testbed.kubeconfig_path(),
         key: ManifestKey::from_bytes(KEY)?,
+        through_webhook: args.webhook.is_some(),
+    };
+    let _webhook = match &args.webhook {
+        Some(binary) => {
+            let work = common::work_dir("propagation-work/webhook")?;
+            Some(common::start_webhook(binary, &bed.source, KEY, &work).await?)
+        }
+        None => None,
     };
     let mut results = Vec::new();
     for &count in &args.counts {
@@ -526,6 +585,9 @@ async fn main() -> anyhow::Result<()> {
         let mut result = burst(&bed, &args.paths, count, &format!("{count}-unrelated")).await?;
         result["unrelated_pods"] = json!(args.unrelated);
         results.push(result);
+    }
+    if args.webhook.is_some() {
+        common::unregister_webhook(&bed.source).await?;
     }
     write_report(&args.paths.out, &results)
 }
@@ -573,6 +635,11 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
         rows.push(json!({"measure": format!("delegate-sync peak RSS, {with}"),
             "ours": round(number(&r["peak_rss_kib"]) / 1024.0), "baseline": null,
             "ratio": null, "unit": "MiB", "goal": goal}));
+        if let Some(p99) = r["webhook_admission_ms"]["p99_at_most"].as_f64() {
+            rows.push(json!({"measure": format!("webhook admission p99 (apiserver's histogram, bucket bound), {with}"),
+                "ours": p99, "baseline": null, "ratio": null, "unit": "ms",
+                "goal": "-"}));
+        }
         let per_pod = |p: &Value| number(&p["cpu_ms_per_pod"]);
         let (ours, floor_cpu) = (per_pod(&r["profile"]), per_pod(&r["floor_profile"]));
         rows.push(

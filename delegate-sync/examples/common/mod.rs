@@ -526,3 +526,152 @@ mod tests {
         assert_eq!(super::cluster_in("sleep\0100"), None);
     }
 }
+
+/// The name the benchmark registers its webhook under (the apiserver's admission metrics are
+/// labelled with it).
+pub const BENCH_WEBHOOK: &str = "proxies.bench.multicluster.admiralty.io";
+/// The namespace label that sends pod creations through the benchmark's webhook.
+pub const BENCH_WEBHOOK_OPT_IN: (&str, &str) = ("delegate-pods.bench/webhook", "true");
+
+/// Starts `binary` as the webhook on loopback (a CA of its own, manifest key `key`), logging to
+/// `work/webhook.log`, and registers it in `source` for pod creations in namespaces labelled
+/// [`BENCH_WEBHOOK_OPT_IN`]. The registration stays until [`unregister_webhook`].
+pub async fn start_webhook(
+    binary: &Path,
+    source: &Client,
+    key: &[u8],
+    work: &Path,
+) -> anyhow::Result<Running> {
+    let validity = Duration::from_secs(86_400);
+    let ca = certs::Authority::generate("propagation-bench-ca", validity)?;
+    ca.issue_serving("propagation-bench-webhook", &["127.0.0.1"], validity)?
+        .write(work, "tls")?;
+    let key_file = work.join("webhook-key");
+    std::fs::write(&key_file, key)?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let log_path = work.join("webhook.log");
+    let running = Running(
+        Command::new(binary)
+            .args(["--bind-address", "127.0.0.1", "--secure-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(work.join("tls.crt"))
+            .arg("--tls-private-key-file")
+            .arg(work.join("tls.key"))
+            .arg("--manifest-key-file")
+            .arg(&key_file)
+            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready(admin).await {
+        if Instant::now() > deadline {
+            bail!("webhook not ready in 30 s; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    register_webhook(source, port, &ca.pem().cert).await?;
+    Ok(running)
+}
+
+async fn register_webhook(source: &Client, port: u16, ca_pem: &str) -> anyhow::Result<()> {
+    use k8s_openapi::{ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration};
+    use kube::api::{Patch, PatchParams};
+    let (label, value) = BENCH_WEBHOOK_OPT_IN;
+    let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": { "name": "propagation-bench" },
+        "webhooks": [{
+            "name": BENCH_WEBHOOK,
+            "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate") },
+            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                        "resources": ["pods"] }],
+            "namespaceSelector": { "matchLabels": { label: value } },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    }))?;
+    if let Some(webhook) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
+        webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    Api::<MutatingWebhookConfiguration>::all(source.clone())
+        .patch(
+            "propagation-bench",
+            &PatchParams::apply("propagation-bench").force(),
+            &Patch::Apply(&config),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the registration [`start_webhook`] made; absent is fine.
+pub async fn unregister_webhook(source: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    match Api::<MutatingWebhookConfiguration>::all(source.clone())
+        .delete("propagation-bench", &Default::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The apiserver's own histogram of the benchmark webhook's admission latency
+/// (`apiserver_admission_webhook_admission_duration_seconds`): cumulative counts by upper
+/// bound, in seconds.
+pub async fn admission_histogram(source: &Client) -> anyhow::Result<Vec<(f64, f64)>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = source.request_text(request).await?;
+    let wanted = format!("name=\"{BENCH_WEBHOOK}\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest =
+                line.strip_prefix("apiserver_admission_webhook_admission_duration_seconds_bucket{")?;
+            let (labels, count) = rest.rsplit_once("} ")?;
+            if !labels.contains(&wanted) || !labels.contains("type=\"admit\"") {
+                return None;
+            }
+            let le = labels.split(',').find_map(|l| l.strip_prefix("le=\""))?;
+            let le = le.trim_end_matches('"');
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Several series (rejected or not) share the bounds: add them up.
+    buckets.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 += later.1;
+        }
+        same
+    });
+    Ok(buckets)
+}
+
+/// The upper bound of the bucket holding quantile `q` of what `after` counted since `before`
+/// (both from [`admission_histogram`]), and how many admissions that was; None without any.
+pub fn histogram_quantile(
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    q: f64,
+) -> Option<(f64, f64)> {
+    let counted = |bound: f64| {
+        let at = |h: &[(f64, f64)]| h.iter().find(|(b, _)| *b == bound).map_or(0.0, |(_, c)| *c);
+        at(after) - at(before)
+    };
+    let total = after.last().map(|(bound, _)| counted(*bound))?;
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(bound, _)| counted(*bound) >= q * total)
+        .map(|(bound, _)| (*bound, total))
+}
