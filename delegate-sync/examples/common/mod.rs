@@ -552,7 +552,12 @@ pub async fn start_webhook(
     let log_path = work.join("webhook.log");
     let running = Running(
         Command::new(binary)
-            .args(["--bind-address", "127.0.0.1", "--secure-port", &port.to_string()])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &port.to_string(),
+            ])
             .arg("--tls-cert-file")
             .arg(work.join("tls.crt"))
             .arg("--tls-private-key-file")
@@ -631,15 +636,19 @@ pub async fn admission_histogram(source: &Client) -> anyhow::Result<Vec<(f64, f6
     let mut buckets: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|line| {
-            let rest =
-                line.strip_prefix("apiserver_admission_webhook_admission_duration_seconds_bucket{")?;
+            let rest = line
+                .strip_prefix("apiserver_admission_webhook_admission_duration_seconds_bucket{")?;
             let (labels, count) = rest.rsplit_once("} ")?;
             if !labels.contains(&wanted) || !labels.contains("type=\"admit\"") {
                 return None;
             }
             let le = labels.split(',').find_map(|l| l.strip_prefix("le=\""))?;
             let le = le.trim_end_matches('"');
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((bound, count.trim().parse().ok()?))
         })
         .collect();
