@@ -21,8 +21,9 @@ use relaying::*;
 
 /// What a workload's log can hold: stdout and stderr lines, a line over the runtime's 16 KiB
 /// (split in pieces on the node, joined by the kubelet), bytes that are not UTF-8 and a last
-/// line without newline; first a line, then a pause, so that the relay is seen live.
-const EVERYTHING: &str = r#"echo first; sleep 8
+/// line without newline; first a line, then a pause, so that the relay is seen live (20 s: on
+/// a busy machine a proxy's container on a real node took 9 s to start, and the relay's exec 5 s).
+const EVERYTHING: &str = r#"echo first; sleep 20
 i=0; while [ $i -lt 300 ]; do echo "line $i"; echo "err $i" >&2; i=$((i+1)); done
 head -c 40000 /dev/zero | tr '\0' x; echo
 printf '\377\376 not UTF-8\n'
@@ -76,7 +77,7 @@ async fn past_max_log_streams_the_log_comes_whole_at_the_end() {
     let scratch = Scratch::new("relay-deferred");
     let mut sync = own_sync(env, &scratch, "delegate-sync.log", &["--max-log-streams=0"]);
     sync.start_ready().await;
-    let script = "echo early; sleep 6; echo late";
+    let script = "echo early; sleep 20; echo late";
     let delegate = create(&ns, &elected("deferred", script, &[])).await;
     let proxies = ns.api::<Pod>("cluster1").await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
