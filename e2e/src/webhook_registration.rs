@@ -14,6 +14,40 @@ use serde_json::json;
 
 use crate::support::unique_name;
 
+/// The name of the webhook inside the registrations of the tests and the demo.
+pub const WEBHOOK_NAME: &str = "proxies.multicluster.admiralty.io";
+
+/// A registration named `name` whose one webhook, `webhook_name`, is the webhook serving
+/// `https://127.0.0.1:<port>/mutate` (trusting `ca_pem`), called for pod creations in namespaces
+/// labelled with every entry of `namespace_labels`. The policies are the chart's: failure
+/// fails the creation, and the webhook runs again when a later webhook changes the pod.
+pub fn configuration(
+    name: &str,
+    webhook_name: &str,
+    port: u16,
+    ca_pem: &str,
+    namespace_labels: &BTreeMap<String, String>,
+) -> anyhow::Result<MutatingWebhookConfiguration> {
+    let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "webhooks": [{
+            "name": webhook_name,
+            "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate") },
+            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }],
+            "namespaceSelector": { "matchLabels": namespace_labels },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 5,
+        }],
+    }))?;
+    if let Some(webhook) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
+        webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
+    }
+    Ok(config)
+}
+
 pub struct WebhookRegistration {
     pub name: String,
     kubeconfig: PathBuf,
@@ -31,24 +65,7 @@ impl WebhookRegistration {
         namespace_labels: BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
         let name = unique_name("webhook-test");
-        let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": { "name": name },
-            "webhooks": [{
-                "name": "proxies.multicluster.admiralty.io",
-                "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate") },
-                "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"] }],
-                "namespaceSelector": { "matchLabels": namespace_labels },
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "reinvocationPolicy": "IfNeeded",
-                "timeoutSeconds": 5,
-            }],
-        }))?;
-        let mut config = config;
-        if let Some(webhook) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
-            webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
-        }
+        let config = configuration(&name, WEBHOOK_NAME, port, ca_pem, &namespace_labels)?;
         Api::<MutatingWebhookConfiguration>::all(env.client(cluster).await?)
             .create(&PostParams::default(), &config)
             .await
@@ -62,7 +79,7 @@ impl WebhookRegistration {
 
     /// Replaces the CA bundle the apiserver trusts the webhook with.
     pub async fn set_ca_bundle(&self, client: &Client, ca_pem: &str) -> anyhow::Result<()> {
-        let patch = json!({ "webhooks": [{ "name": "proxies.multicluster.admiralty.io", "clientConfig": {
+        let patch = json!({ "webhooks": [{ "name": WEBHOOK_NAME, "clientConfig": {
             "caBundle": ByteString(ca_pem.as_bytes().to_vec()),
         }}]});
         Api::<MutatingWebhookConfiguration>::all(client.clone())

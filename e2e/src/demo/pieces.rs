@@ -3,6 +3,7 @@
 //! their readiness, the webhook's registration, and the stopping of leftovers.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::Read as _,
     net::{SocketAddr, TcpListener},
@@ -14,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::{ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams},
@@ -23,7 +24,6 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{DEMO_LABEL, DEMO_LABEL_VALUE};
@@ -263,31 +263,21 @@ pub async fn wait_ready(
 /// creations in namespaces labelled `multicluster-scheduler=enabled`. Server-side apply: a
 /// rerun replaces the registration of an earlier run.
 pub async fn register_webhook(client: &Client, port: u16, ca_pem: &str) -> anyhow::Result<()> {
-    let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {
-            "name": WEBHOOK_CONFIGURATION,
-            "labels": { DEMO_LABEL: DEMO_LABEL_VALUE },
-        },
-        "webhooks": [{
-            "name": "proxies.multicluster.admiralty.io",
-            "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate") },
-            "rules": [{
-                "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE"], "resources": ["pods"],
-            }],
-            "namespaceSelector": { "matchLabels": {
-                contract::NAMESPACE_OPT_IN_LABEL: contract::NAMESPACE_OPT_IN_VALUE,
-            }},
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 5,
-        }],
-    }))?;
-    if let Some(webhook) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
-        webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
-    }
+    let opt_in = BTreeMap::from([(
+        contract::NAMESPACE_OPT_IN_LABEL.to_string(),
+        contract::NAMESPACE_OPT_IN_VALUE.to_string(),
+    )]);
+    let mut config = e2e::webhook_registration::configuration(
+        WEBHOOK_CONFIGURATION,
+        e2e::webhook_registration::WEBHOOK_NAME,
+        port,
+        ca_pem,
+        &opt_in,
+    )?;
+    config.metadata.labels = Some(BTreeMap::from([(
+        DEMO_LABEL.to_string(),
+        DEMO_LABEL_VALUE.to_string(),
+    )]));
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .patch(
             WEBHOOK_CONFIGURATION,
