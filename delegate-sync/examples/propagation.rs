@@ -39,6 +39,7 @@ use kube::{Api, Client, ResourceExt as _, api::PostParams};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"propagation-benchmark-key-0123456789abcdef";
+const SOURCE: &str = "cluster1";
 const TARGETS: [&str; 2] = ["cluster2", "cluster3"];
 
 struct Args {
@@ -101,10 +102,7 @@ fn watch_delegates(client: Client, namespace: &str, seen: Shared) -> tokio::task
         else {
             return;
         };
-        let ended = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
+        let ended = has_ended(&pod);
         common::record(&seen, |s| {
             s.delegate_created.entry(proxy.clone()).or_insert(now);
             if ended {
@@ -156,18 +154,26 @@ fn elected(name: &str) -> anyhow::Result<Pod> {
     }))?)
 }
 
+/// What the floor of a burst took, in seconds from its first create.
+struct FloorTimes {
+    /// Until every pod was created.
+    created_s: f64,
+    /// Until every copy in the targets had ended.
+    ended_s: f64,
+}
+
 /// The floor of a burst of `count`: the least work the apiservers must do for `count` delegated
 /// pods. Each proxy is created in the source (the same pod, less what makes it a proxy) and its
-/// delegate directly in a target (the targets in turn, the same pod delegate-sync would create,
-/// left unscheduled so that it takes no room), through the same clients, `common::CREATES_IN_FLIGHT`
-/// at once, with no controller in between. Returns its wall time in seconds.
+/// delegate directly in a target (the targets in turn, the same pod delegate-sync would create),
+/// through the same clients, `common::CREATES_IN_FLIGHT` at once, with no controller in between.
+/// Each copy then lives a delegate's life in its target: scheduled, run and ended by its node.
 async fn floor(
     source: &Client,
     targets: &[Client],
     namespace: &str,
     count: usize,
     key: &ManifestKey,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<FloorTimes> {
     let mut creates = Vec::with_capacity(2 * count);
     for i in 0..count {
         let name = format!("floor-{i}");
@@ -175,12 +181,26 @@ async fn floor(
         pod.metadata.labels = None;
         pod.metadata.finalizers = None;
         creates.push((source.clone(), pod));
-        let mut copy = delegate(namespace, &name)?;
-        if let Some(spec) = copy.spec.as_mut() {
-            spec.scheduler_name = Some("benchmark-leaves-pods-pending".into());
-        }
-        creates.push((targets[i % targets.len()].clone(), copy));
+        creates.push((
+            targets[i % targets.len()].clone(),
+            delegate(namespace, &name)?,
+        ));
     }
+    let ended = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let watches: Vec<_> = targets
+        .iter()
+        .map(|target| {
+            let ended = ended.clone();
+            common::watch_pods(target.clone(), namespace, FLOOR_SELECTOR, move |pod, _| {
+                if has_ended(&pod) {
+                    common::record(&ended, |e| {
+                        e.insert(pod.name_any());
+                    });
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     common::at_once(creates, |(client, pod)| async move {
         let api: Api<Pod> = Api::namespaced(client, namespace);
@@ -188,7 +208,36 @@ async fn floor(
         Ok(())
     })
     .await?;
-    Ok(started.elapsed().as_secs_f64())
+    let created_s = started.elapsed().as_secs_f64();
+    let deadline = started + Duration::from_secs(120 + count as u64 / 2);
+    loop {
+        let done = ended.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if done >= count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "floor of {count}: only {done} copies ended after {:?}",
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended_s = started.elapsed().as_secs_f64();
+    for watch in watches {
+        watch.abort();
+    }
+    Ok(FloorTimes { created_s, ended_s })
+}
+
+/// The label of the floor's copies in the targets.
+const FLOOR_SELECTOR: &str = "multicluster.admiralty.io/floor=true";
+
+fn has_ended(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 /// The pod delegate-sync makes of a proxy made by [`proxy`]: its saved manifest, annotated
@@ -283,18 +332,25 @@ struct Profile {
     cpu: BTreeMap<String, f64>,
     /// Per cluster, the requests served so far.
     requests: Vec<(&'static str, BTreeMap<String, f64>)>,
+    /// The source's histogram of the benchmark webhook's admission latency so far.
+    admissions: Vec<(f64, f64)>,
     at: Instant,
 }
 
 impl Profile {
     async fn now(bed: &Bed) -> anyhow::Result<Self> {
-        let mut requests = Vec::new();
+        let (mut requests, mut admissions) = (Vec::new(), Vec::new());
         for (name, client) in bed.named_all() {
-            requests.push((name, common::requests_served(&client).await?));
+            let metrics = common::metrics_text(&client).await?;
+            requests.push((name, common::requests_served(&metrics)));
+            if name == SOURCE {
+                admissions = common::admission_histogram(&metrics);
+            }
         }
         Ok(Self {
-            cpu: common::cpu_by_program(),
+            cpu: e2e::testbed::cpu::by_program(),
             requests,
+            admissions,
             at: Instant::now(),
         })
     }
@@ -302,7 +358,7 @@ impl Profile {
     /// What was used from `self` to `later`, per pod of a burst of `count`: CPU seconds by
     /// program (with the machine's busy share), and requests by cluster, verb and resource.
     fn until(&self, later: &Profile, count: usize) -> Value {
-        let cpu = common::cpu_used(&self.cpu, &later.cpu);
+        let cpu = e2e::testbed::cpu::used(&self.cpu, &later.cpu);
         let total: f64 = cpu.iter().map(|(_, s)| s).sum();
         let wall = later.at.duration_since(self.at).as_secs_f64();
         let requests: serde_json::Map<String, Value> = self
@@ -375,7 +431,7 @@ impl Bed {
     }
 
     fn named_all(&self) -> Vec<(&'static str, Client)> {
-        std::iter::once(("cluster1", self.source.clone()))
+        std::iter::once((SOURCE, self.source.clone()))
             .chain(self.named_targets())
             .collect()
     }
@@ -401,7 +457,7 @@ async fn burst(
     let floor_namespace = format!("floor-{label}-{pid}");
     common::create_namespace(&bed.all(), &floor_namespace).await?;
     let before_floor = Profile::now(bed).await?;
-    let floor_s = floor(&bed.source, &bed.targets, &floor_namespace, count, &bed.key).await?;
+    let floor = floor(&bed.source, &bed.targets, &floor_namespace, count, &bed.key).await?;
     let floor_profile = before_floor.until(&Profile::now(bed).await?, count);
 
     let work = common::work_dir(&format!("propagation-work/{label}"))?;
@@ -427,7 +483,6 @@ async fn burst(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, cpu_before) = common::footprint(running.0.id())?;
     let before_burst = Profile::now(bed).await?;
-    let admissions_before = common::admission_histogram(&bed.source).await?;
     let proxies: Api<Pod> = Api::namespaced(bed.source.clone(), &namespace);
     let started = Instant::now();
     common::at_once(0..count, |i| {
@@ -466,9 +521,10 @@ async fn burst(
     }
     let total = started.elapsed().as_secs_f64();
     let (rss_kib, cpu_after) = common::footprint(running.0.id())?;
-    let burst_profile = before_burst.until(&Profile::now(bed).await?, count);
-    let admissions = common::admission_histogram(&bed.source).await?;
-    let admission = |q| common::histogram_quantile(&admissions_before, &admissions, q);
+    let after_burst = Profile::now(bed).await?;
+    let burst_profile = before_burst.until(&after_burst, count);
+    let admission =
+        |q| common::histogram_quantile(&before_burst.admissions, &after_burst.admissions, q);
     let admission_ms = match (admission(0.5), admission(0.99)) {
         (Some((p50, n)), Some((p99, _))) => json!({ "p50_at_most": p50 * 1000.0,
                                                     "p99_at_most": p99 * 1000.0,
@@ -512,13 +568,19 @@ async fn burst(
         .collect();
     let (created_p50, created_p99) = common::p50_p99(to_delegate);
     let (result_p50, result_p99) = common::p50_p99(to_result);
+    let floor_s = floor.created_s;
     let (rate, floor_rate) = (count as f64 / delegated_s, count as f64 / floor_s);
+    let (done_rate, floor_done_rate) = (count as f64 / total, count as f64 / floor.ended_s);
     println!(
         "{label:>12}: {count} proxies delegated in {delegated_s:.1} s ({rate:.0}/s; floor {floor_s:.1} s, \
          {floor_rate:.0}/s: {:.2} of the floor); created→delegate p50 {created_p50:.1} ms p99 \
          {created_p99:.1} ms; ended→result p50 {result_p50:.1} ms p99 {result_p99:.1} ms; all done \
-         in {total:.1} s; peak RSS {rss_kib} KiB; CPU {:.2} s; no target over-committed",
+         in {total:.1} s ({done_rate:.0}/s; the floor's copies all ended in {:.1} s, \
+         {floor_done_rate:.0}/s: {:.2} of the floor); peak RSS {rss_kib} KiB; CPU {:.2} s; \
+         no target over-committed",
         rate / floor_rate,
+        floor.ended_s,
+        done_rate / floor_done_rate,
         cpu_after - cpu_before
     );
     if !admission_ms.is_null() {
@@ -536,6 +598,7 @@ async fn burst(
         "label": label, "proxies": count,
         "delegated_s": delegated_s, "delegated_per_s": rate,
         "floor_s": floor_s, "floor_per_s": floor_rate,
+        "done_per_s": done_rate, "floor_ended_s": floor.ended_s, "floor_done_per_s": floor_done_rate,
         "created_to_delegate_ms": {"p50": created_p50, "p99": created_p99},
         "ended_to_result_ms": {"p50": result_p50, "p99": result_p99},
         "total_s": total, "peak_rss_kib": rss_kib, "cpu_s": cpu_after - cpu_before,
@@ -554,7 +617,7 @@ async fn main() -> anyhow::Result<()> {
         targets.push(testbed.client(name).await?);
     }
     let bed = Bed {
-        source: testbed.client("cluster1").await?,
+        source: testbed.client(SOURCE).await?,
         targets,
         kubeconfig: testbed.kubeconfig_path(),
         key: ManifestKey::from_bytes(KEY)?,
@@ -608,6 +671,12 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
             "baseline": round(floor_rate), "ratio": round(rate / floor_rate), "unit": "pods/s",
             "goal": if n.as_u64() >= Some(1000) { ">= 0.67 of the floor" } else { "-" }}),
         );
+        let (done, floor_done) = (number(&r["done_per_s"]), number(&r["floor_done_per_s"]));
+        rows.push(
+            json!({"measure": format!("run to their end per second (results on proxies; the floor's copies ended), {with}"),
+            "ours": round(done), "baseline": round(floor_done), "ratio": round(done / floor_done),
+            "unit": "pods/s", "goal": "-"}),
+        );
         for (what, field, goal) in [
             (
                 "proxy created → delegate created",
@@ -655,7 +724,8 @@ fn write_report(out: &std::path::Path, results: &[Value]) -> anyhow::Result<()> 
         out,
         "propagation",
         "the floor of the same run: the same proxies created in the source and their delegates \
-         created directly in the targets, same clients and concurrency, no controller",
+         created directly in the targets (where they are scheduled, run and end), same clients \
+         and concurrency, no controller",
         json!(results),
         rows,
     )

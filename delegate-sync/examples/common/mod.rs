@@ -361,83 +361,17 @@ pub async fn real_node_bench(
     })
 }
 
-/// CPU seconds each program on this machine has used so far, by name; a test bed's processes
-/// also by cluster (`kube-apiserver cluster1`), found in their command lines.
-pub fn cpu_by_program() -> std::collections::BTreeMap<String, f64> {
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut programs = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return programs;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue; // Not a process, or gone since.
-        };
-        let Some((name, ticks)) = name_and_ticks(&stat) else {
-            continue;
-        };
-        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        let program = match cluster_in(&String::from_utf8_lossy(&cmdline)) {
-            Some(cluster) => format!("{name} {cluster}"),
-            None => name,
-        };
-        *programs.entry(program).or_insert(0.0) += ticks as f64 / per_second;
-    }
-    programs
-}
-
-/// A process's name and its user and system clock ticks, from its `/proc/PID/stat`.
-fn name_and_ticks(stat: &str) -> Option<(String, u64)> {
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_string();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some((name, ticks))
-}
-
-/// The test bed cluster a command line belongs to: its state lives under `.../clusterN/`.
-fn cluster_in(cmdline: &str) -> Option<&str> {
-    let start = cmdline.find("/cluster")? + 1;
-    let rest = &cmdline[start..];
-    let end = rest.find('/')?;
-    let cluster = &rest[..end];
-    cluster["cluster".len()..]
-        .chars()
-        .all(|c| c.is_ascii_digit())
-        .then_some(cluster)
-}
-
-/// What each program used between two [`cpu_by_program`] readings, largest first; programs
-/// that used less than 10 ms are left out.
-pub fn cpu_used(
-    before: &std::collections::BTreeMap<String, f64>,
-    after: &std::collections::BTreeMap<String, f64>,
-) -> Vec<(String, f64)> {
-    let mut used: Vec<(String, f64)> = after
-        .iter()
-        .map(|(program, t)| {
-            (
-                program.clone(),
-                t - before.get(program).copied().unwrap_or(0.0),
-            )
-        })
-        .filter(|(_, t)| *t >= 0.01)
-        .collect();
-    used.sort_by(|a, b| b.1.total_cmp(&a.1));
-    used
+/// An apiserver's own metrics, in Prometheus text.
+pub async fn metrics_text(client: &Client) -> anyhow::Result<String> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    Ok(client.request_text(request).await?)
 }
 
 /// The requests an apiserver has served so far, by verb and resource
-/// (`apiserver_request_total`, read from its own `/metrics`).
-pub async fn requests_served(
-    client: &Client,
-) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(request).await?;
+/// (`apiserver_request_total` in its [`metrics_text`]).
+pub fn requests_served(metrics: &str) -> std::collections::BTreeMap<String, f64> {
     let mut served = std::collections::BTreeMap::new();
-    for line in text.lines() {
+    for line in metrics.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
         };
@@ -462,7 +396,7 @@ pub async fn requests_served(
             .entry(format!("{} {resource}", label("verb")))
             .or_insert(0.0) += count;
     }
-    Ok(served)
+    served
 }
 
 /// Requests served between two [`requests_served`] readings, per `per` (pods of a burst), the
@@ -502,30 +436,6 @@ where
 
 /// Requests in flight while a benchmark creates or patches many objects.
 pub const CREATES_IN_FLIGHT: usize = 50;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_process_is_named_and_counted_from_its_stat() {
-        let stat = "42 (kube-apiserver) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
-        assert_eq!(
-            super::name_and_ticks(stat),
-            Some(("kube-apiserver".to_string(), 300))
-        );
-    }
-
-    #[test]
-    fn a_test_bed_process_is_told_by_its_cluster() {
-        let cmdline =
-            "kube-apiserver\0--tls-cert-file=/w/target/bench-testbed/cluster2/apiserver.crt";
-        assert_eq!(super::cluster_in(cmdline), Some("cluster2"));
-        assert_eq!(
-            super::cluster_in("etcd\0--data-dir=/var/lib/clusterfoo/x"),
-            None
-        );
-        assert_eq!(super::cluster_in("sleep\0100"), None);
-    }
-}
 
 /// The name the benchmark registers its webhook under (the apiserver's admission metrics are
 /// labelled with it).
@@ -583,26 +493,17 @@ pub async fn start_webhook(
 }
 
 async fn register_webhook(source: &Client, port: u16, ca_pem: &str) -> anyhow::Result<()> {
-    use k8s_openapi::{ByteString, api::admissionregistration::v1::MutatingWebhookConfiguration};
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     use kube::api::{Patch, PatchParams};
     let (label, value) = BENCH_WEBHOOK_OPT_IN;
-    let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": { "name": "propagation-bench" },
-        "webhooks": [{
-            "name": BENCH_WEBHOOK,
-            "clientConfig": { "url": format!("https://127.0.0.1:{port}/mutate") },
-            "rules": [{ "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                        "resources": ["pods"] }],
-            "namespaceSelector": { "matchLabels": { label: value } },
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "admissionReviewVersions": ["v1"],
-            "timeoutSeconds": 5,
-        }],
-    }))?;
-    if let Some(webhook) = config.webhooks.as_mut().and_then(|w| w.first_mut()) {
-        webhook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
-    }
+    let opt_in = std::collections::BTreeMap::from([(label.to_string(), value.to_string())]);
+    let config = e2e::webhook_registration::configuration(
+        "propagation-bench",
+        BENCH_WEBHOOK,
+        port,
+        ca_pem,
+        &opt_in,
+    )?;
     Api::<MutatingWebhookConfiguration>::all(source.clone())
         .patch(
             "propagation-bench",
@@ -629,11 +530,9 @@ pub async fn unregister_webhook(source: &Client) -> anyhow::Result<()> {
 /// The apiserver's own histogram of the benchmark webhook's admission latency
 /// (`apiserver_admission_webhook_admission_duration_seconds`): cumulative counts by upper
 /// bound, in seconds.
-pub async fn admission_histogram(source: &Client) -> anyhow::Result<Vec<(f64, f64)>> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = source.request_text(request).await?;
+pub fn admission_histogram(metrics: &str) -> Vec<(f64, f64)> {
     let wanted = format!("name=\"{BENCH_WEBHOOK}\"");
-    let mut buckets: Vec<(f64, f64)> = text
+    let mut buckets: Vec<(f64, f64)> = metrics
         .lines()
         .filter_map(|line| {
             let rest = line
@@ -661,7 +560,7 @@ pub async fn admission_histogram(source: &Client) -> anyhow::Result<Vec<(f64, f6
         }
         same
     });
-    Ok(buckets)
+    buckets
 }
 
 /// The upper bound of the bucket holding quantile `q` of what `after` counted since `before`

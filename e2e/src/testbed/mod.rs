@@ -7,6 +7,7 @@
 
 pub mod artifact_store;
 mod cluster;
+pub mod cpu;
 pub mod kubeconfig;
 mod pki;
 pub mod preset;
