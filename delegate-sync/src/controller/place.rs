@@ -10,11 +10,11 @@ use kube::{
     ResourceExt as _,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{
     Context, Error, Proxy,
-    proxy::{patch_annotations_at, publish},
+    proxy::{Unless, publish, set_annotation_once},
     restart,
 };
 use crate::{
@@ -131,10 +131,16 @@ async fn decide(
     waiting_for_room(context, proxy, matches!(placement, Placement::NoFit(_)));
     match placement {
         Placement::Cluster(name) => {
-            // Only on the proxy as we saw it: another replica that decided meanwhile wins, and
-            // this one follows its decision on the next pass.
-            let decision = json!({ TARGET_CLUSTER: name });
-            match patch_annotations_at(&proxy.api, &proxy.pod, decision).await {
+            // Only where no decision is yet, on a proxy not being deleted: another replica that
+            // decided meanwhile wins, and this one follows its decision on the next pass.
+            let decided = set_annotation_once(
+                &proxy.api,
+                &proxy.pod,
+                TARGET_CLUSTER,
+                &name,
+                Unless::SetOrDeleting,
+            );
+            match decided.await {
                 Ok(true) => {}
                 Ok(false) => {
                     forget_in_flight(context, &name, &proxy.delegate_name);

@@ -93,6 +93,84 @@ pub async fn patch_annotations_at(
     }
 }
 
+/// What else must hold for [`set_annotation_once`] to write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Unless {
+    /// Only that the annotation is unset.
+    Set,
+    /// Also that the proxy is not being deleted.
+    SetOrDeleting,
+}
+
+/// Sets annotation `key` on `proxy` only if it is unset, on the same pod (uid) and, per
+/// `unless`, not being deleted: false when another write got there first (its next pass
+/// follows what that write says).
+///
+/// The condition is on what matters (JSON Patch `test` operations), not on the whole version
+/// read as in [`patch_annotations_at`]: a running proxy's first seconds are its kubelet's
+/// status updates, and each would refuse a resourceVersion precondition, costing a re-read and
+/// another write.
+pub async fn set_annotation_once(
+    api: &Api<Pod>,
+    proxy: &Pod,
+    key: &str,
+    value: &str,
+    unless: Unless,
+) -> Result<bool, Error> {
+    if proxy.metadata.annotations.is_none() {
+        // No map for a `test` to look into: the version read is the condition.
+        return patch_annotations_at(api, proxy, json!({ key: value })).await;
+    }
+    let patch = once_patch(proxy.uid().unwrap_or_default(), key, value, unless)
+        .map_err(|e| Error::Source(kube::Error::SerdeError(e)))?;
+    match api
+        .patch(
+            &proxy.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // A failed `test` is a 422 with no detail, like a write the apiserver finds invalid:
+        // the live proxy tells them apart.
+        Err(e) if api_code(&e) == Some(422) => {
+            let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+            let deleting =
+                unless == Unless::SetOrDeleting && live.metadata.deletion_timestamp.is_some();
+            if live.uid() != proxy.uid() || live.annotations().contains_key(key) || deleting {
+                Ok(false)
+            } else {
+                Err(Error::Source(e))
+            }
+        }
+        Err(e) => Err(Error::Source(e)),
+    }
+}
+
+/// The JSON Patch of [`set_annotation_once`].
+fn once_patch(
+    uid: String,
+    key: &str,
+    value: &str,
+    unless: Unless,
+) -> Result<json_patch::Patch, serde_json::Error> {
+    let path = format!(
+        "/metadata/annotations/{}",
+        key.replace('~', "~0").replace('/', "~1")
+    );
+    let mut operations = vec![
+        json!({ "op": "test", "path": "/metadata/uid", "value": uid }),
+        json!({ "op": "test", "path": path, "value": null }),
+    ];
+    if unless == Unless::SetOrDeleting {
+        operations
+            .push(json!({ "op": "test", "path": "/metadata/deletionTimestamp", "value": null }));
+    }
+    operations.push(json!({ "op": "add", "path": path, "value": value }));
+    serde_json::from_value(Value::Array(operations))
+}
+
 pub async fn patch_annotations(
     api: &Api<Pod>,
     proxy: &Pod,
@@ -156,4 +234,41 @@ pub fn seconds_since(then: &k8s_openapi::jiff::Timestamp) -> f64 {
         .duration_since(*then)
         .as_secs_f64()
         .max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Unless, once_patch};
+
+    #[test]
+    fn a_once_patch_tests_the_uid_and_the_unset_annotation_before_adding_it() {
+        let patch = once_patch(
+            "u-1".into(),
+            "multicluster.admiralty.io/target~x",
+            "c2",
+            Unless::Set,
+        );
+        let path = "/metadata/annotations/multicluster.admiralty.io~1target~0x";
+        assert_eq!(
+            serde_json::to_value(patch.ok()).ok(),
+            Some(json!([
+                { "op": "test", "path": "/metadata/uid", "value": "u-1" },
+                { "op": "test", "path": path, "value": null },
+                { "op": "add", "path": path, "value": "c2" },
+            ]))
+        );
+    }
+
+    #[test]
+    fn a_decision_is_also_not_written_on_a_proxy_being_deleted() {
+        let patch = once_patch("u-1".into(), "a", "c2", Unless::SetOrDeleting);
+        let value = serde_json::to_value(patch.ok()).unwrap_or_default();
+        assert_eq!(
+            value[2],
+            json!({ "op": "test", "path": "/metadata/deletionTimestamp", "value": null })
+        );
+        assert_eq!(value[3]["op"], "add");
+    }
 }

@@ -9,11 +9,10 @@ use kube::{
     Api, ResourceExt as _,
     runtime::{controller::Action, events::EventType},
 };
-use serde_json::json;
 
 use super::{
     Context, Error, Proxy,
-    proxy::{patch_annotations_at, publish},
+    proxy::{Unless, publish, set_annotation_once},
 };
 use crate::outcome;
 
@@ -28,11 +27,11 @@ pub async fn record(
 ) -> Result<Action, Error> {
     // A result is written once and never changed. The proxy cache can lag behind a result this
     // controller has just written (a delegate deleted by a stop wakes this proxy before its own
-    // update arrives), so the result is written only over the version read: the cached one
-    // first (most often current: no read), else the live one.
+    // update arrives), so the result is written only where none is: checked by the apiserver
+    // on the cached proxy first (no read), else on the live one.
     let cached = &proxy.pod;
     if !cached.annotations().contains_key(RESULT)
-        && patch_annotations_at(&proxy.api, cached, json!({ RESULT: result.encode() })).await?
+        && set_annotation_once(&proxy.api, cached, RESULT, &result.encode(), Unless::Set).await?
     {
         publish(context, cached, type_, reason, note).await;
         return Ok(Action::await_change());
@@ -54,7 +53,7 @@ pub async fn record_over(
     if live.annotations().contains_key(RESULT) {
         return Ok(Action::await_change());
     }
-    if !patch_annotations_at(api, live, json!({ RESULT: result.encode() })).await? {
+    if !set_annotation_once(api, live, RESULT, &result.encode(), Unless::Set).await? {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     publish(context, live, type_, reason, note).await;
