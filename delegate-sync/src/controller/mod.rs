@@ -44,7 +44,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt as _,
         controller::Action,
-        events::{Recorder, Reporter},
+        events::Reporter,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -56,7 +56,7 @@ use crate::{
 };
 
 pub use lost::{CLUSTER_LOST, TARGET_UNAUTHORIZED};
-pub use proxy::{Proxy, publish_with};
+pub use proxy::{Events, Proxy, publish_with};
 
 /// Why a reconciliation failed (it is retried with a delay per kind).
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ pub struct Context {
     pub source: Client,
     pub targets: Vec<Target>,
     pub key: ManifestKey,
-    pub recorder: Recorder,
+    pub events: proxy::Events,
     pub timing: Timing,
     pub metrics: Arc<Metrics>,
     /// Delegates decided but not yet in the target's cache, per cluster: placement counts
@@ -158,15 +158,15 @@ impl Context {
             controller: "delegate-sync".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        let recorder = Recorder::new(source.clone(), reporter);
+        let events = proxy::Events::new(source.clone(), reporter);
         let (relays, relay_ended) = crate::logs::Relays::new(
             source.clone(),
-            recorder.clone(),
+            events.clone(),
             max_log_streams,
             metrics.clone(),
         );
         Self {
-            recorder,
+            events,
             cluster_name,
             source,
             targets,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use contract::RESTARTS;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Resource as _, ResourceExt as _,
+    Api, Client, Resource as _, ResourceExt as _,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde_json::{Value, json};
 
@@ -187,13 +187,42 @@ pub async fn patch_annotations(
     .map_err(Error::Source)
 }
 
-pub async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str, note: String) {
-    publish_with(&context.recorder, proxy, type_, reason, note).await;
+/// Where the proxies' Events go. A warning repeats while its cause lasts (no room, a cluster
+/// away), so warnings share one recorder, which makes a repeated one a series: one Event,
+/// counted. A Normal Event is said once per proxy, so each gets a recorder of its own: kube's
+/// recorder keeps every Event it published for six minutes and scans them all at each publish,
+/// which at 10,000 proxies was tens of megabytes, and a scan of them per Event.
+#[derive(Clone)]
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    warnings: Recorder,
 }
 
-/// [`publish`] with a recorder of its own (the log relays', which run beside reconciles).
+impl Events {
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Self {
+            warnings: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+        }
+    }
+
+    fn recorder(&self, type_: EventType) -> Recorder {
+        match type_ {
+            EventType::Warning => self.warnings.clone(),
+            EventType::Normal => Recorder::new(self.client.clone(), self.reporter.clone()),
+        }
+    }
+}
+
+pub async fn publish(context: &Context, proxy: &Pod, type_: EventType, reason: &str, note: String) {
+    publish_with(&context.events, proxy, type_, reason, note).await;
+}
+
+/// [`publish`] through `events` (the log relays', which run beside reconciles).
 pub async fn publish_with(
-    recorder: &Recorder,
+    events: &Events,
     proxy: &Pod,
     type_: EventType,
     reason: &str,
@@ -213,7 +242,7 @@ pub async fn publish_with(
         action: "Delegate".into(),
         secondary: None,
     };
-    let recorder = recorder.clone();
+    let recorder = events.recorder(type_);
     let reference = proxy.object_ref(&());
     let reason = reason.to_string();
     let publishing = async move {

@@ -26,16 +26,18 @@ use contract::{LOG_RELAY, LOG_RELAY_LIMIT_BYTES};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt as _,
-    runtime::{
-        events::{EventType, Recorder},
-        reflector::ObjectRef,
-    },
+    runtime::{events::EventType, reflector::ObjectRef},
 };
 use tokio::sync::{Semaphore, mpsc};
 
 pub use relay::Outcome;
 
-use crate::{controller::publish_with, metrics::Metrics, outcome, targets::Target};
+use crate::{
+    controller::{Events, publish_with},
+    metrics::Metrics,
+    outcome,
+    targets::Target,
+};
 
 /// The relays of all proxies.
 pub struct Relays {
@@ -51,7 +53,7 @@ pub struct Relays {
     /// Proxies to reconcile again: a relay ended, or a probe answered.
     wake: mpsc::UnboundedSender<ObjectRef<Pod>>,
     /// The controller's, for the relays' Events on their proxies.
-    recorder: Recorder,
+    events: Events,
     metrics: Arc<Metrics>,
 }
 
@@ -145,7 +147,7 @@ impl Relays {
     /// to reconcile again as relays end.
     pub fn new(
         source: Client,
-        recorder: Recorder,
+        events: Events,
         max_streams: Option<usize>,
         metrics: Arc<Metrics>,
     ) -> (Self, mpsc::UnboundedReceiver<ObjectRef<Pod>>) {
@@ -160,7 +162,7 @@ impl Relays {
             ended: Arc::new(Semaphore::new(max_streams.max(1))),
             max_streams,
             wake,
-            recorder,
+            events,
             metrics,
         };
         (relays, wake_rx)
@@ -299,7 +301,7 @@ impl Relays {
         let ended = self.ended.clone();
         let max_streams = self.max_streams;
         let wake = self.wake.clone();
-        let recorder = self.recorder.clone();
+        let events = self.events.clone();
         let streams = self.metrics.log_streams.clone();
         async move {
             let permit = match live.clone().try_acquire_owned() {
@@ -310,14 +312,8 @@ impl Relays {
                             "{max_streams} delegate logs are relayed live already (--max-log-streams): the log of container {} comes once it ended",
                             job.container
                         );
-                        publish_with(
-                            &recorder,
-                            &proxy,
-                            EventType::Normal,
-                            "LogRelayDeferred",
-                            note,
-                        )
-                        .await;
+                        publish_with(&events, &proxy, EventType::Normal, "LogRelayDeferred", note)
+                            .await;
                         job.until_pod_ended().await;
                     }
                     match ended.acquire_owned().await {
@@ -351,7 +347,7 @@ impl Relays {
                 )),
             };
             if let Some((type_, reason, note)) = notice {
-                publish_with(&recorder, &proxy, type_, reason, note).await;
+                publish_with(&events, &proxy, type_, reason, note).await;
             }
             if let Ok(mut state) = state.lock() {
                 *state = State::Done(outcome);
