@@ -5,13 +5,14 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use contract::{PROXY_LABEL, RESTARTS, RESULT, result::DelegateResult};
+use contract::{RESTARTS, RESULT, result::DelegateResult};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt as _,
-    api::{ListParams, ObjectMeta},
+    api::ObjectMeta,
+    runtime::reflector::{ObjectRef, Store},
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::{
     controller::{CLUSTER_LOST, Context},
@@ -22,48 +23,34 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Sweeps every answering target now and then, and as soon as a target answers again, until
-/// aborted.
-pub async fn run(context: Arc<Context>, target_back: Arc<Notify>) {
+/// aborted. `proxies` is the controller's cache of the proxies, used once `listed` says its
+/// first list is in: a delegate it shows no current proxy for is checked on a fresh read
+/// before it goes, so the cache costs no safety, and a sweep costs no list of every proxy
+/// (with their saved manifests).
+pub async fn run(
+    context: Arc<Context>,
+    proxies: Store<Pod>,
+    mut listed: watch::Receiver<bool>,
+    target_back: Arc<Notify>,
+) {
+    // Not `Store::wait_until_ready`: its future keeps one waker, and the controller waits on
+    // this store too, so one of the two would never be woken.
+    if listed.wait_for(|listed| *listed).await.is_err() {
+        return; // The controller is gone.
+    }
     loop {
-        let answering: Vec<&Target> = context
+        for target in context
             .targets
             .iter()
             .filter(|t| t.synced() && t.unreachable_for().is_none())
-            .collect();
-        if !answering.is_empty() {
-            match proxies(&context).await {
-                Ok(proxies) => {
-                    for target in answering {
-                        sweep(&context, &proxies, target).await;
-                    }
-                }
-                Err(e) => tracing::warn!("orphan sweep: cannot list proxies: {e}"),
-            }
+        {
+            sweep(&context, &proxies, target).await;
         }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}
             () = target_back.notified() => {}
         }
     }
-}
-
-/// The metadata of every proxy, by namespace and name: one list call per sweep.
-async fn proxies(context: &Context) -> Result<BTreeMap<(String, String), ObjectMeta>, kube::Error> {
-    let api: Api<Pod> = Api::all(context.source.clone());
-    let list = api
-        .list_metadata(&ListParams::default().labels(&format!("{PROXY_LABEL}=true")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|p| {
-            let key = (
-                p.metadata.namespace.clone().unwrap_or_default(),
-                p.metadata.name.clone().unwrap_or_default(),
-            );
-            (key, p.metadata)
-        })
-        .collect())
 }
 
 /// Why a delegate must go, if it must.
@@ -91,21 +78,17 @@ fn orphaned(delegate: &Pod, proxy: Option<&ObjectMeta>) -> Option<&'static str> 
     lost.then_some("its proxy failed ClusterLost while this cluster was away")
 }
 
-async fn sweep(
-    context: &Context,
-    proxies: &BTreeMap<(String, String), ObjectMeta>,
-    target: &Target,
-) {
+async fn sweep(context: &Context, proxies: &Store<Pod>, target: &Target) {
     for delegate in target.delegates.state() {
         let Some(proxy_ref) = proxy_of(&delegate) else {
             continue;
         };
         let namespace = proxy_ref.namespace.clone().unwrap_or_default();
-        let listed = proxies.get(&(namespace.clone(), proxy_ref.name.clone()));
-        if orphaned(&delegate, listed).is_none() {
+        let cached = proxies.get(&ObjectRef::new(&proxy_ref.name).within(&namespace));
+        if orphaned(&delegate, cached.as_deref().map(|p| &p.metadata)).is_none() {
             continue;
         }
-        // A proxy made since the list is not an orphan's: only a fresh read decides.
+        // The cache may lag (a proxy made since): only a fresh read decides.
         let source: Api<Pod> = Api::namespaced(context.source.clone(), &namespace);
         let proxy = match source.get_metadata_opt(&proxy_ref.name).await {
             Ok(proxy) => proxy,

@@ -202,6 +202,8 @@ pub async fn run(
     let proxies: Api<Pod> = Api::all(context.source.clone());
     let metrics = context.metrics.clone();
     let (store, writer) = reflector::store();
+    // The orphan sweep reads this cache once its first list is in.
+    let (listed_tx, proxies_listed) = tokio::sync::watch::channel(false);
     let proxy_changes = reflector::reflector(
         writer,
         watcher(
@@ -212,6 +214,11 @@ pub async fn run(
         )
         .modify(|proxy: &mut Pod| proxy.metadata.managed_fields = None),
     )
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            listed_tx.send_replace(true);
+        }
+    })
     .default_backoff()
     .applied_objects();
     // Bounded: every reconciliation in flight may hold a connection to an apiserver, and a
@@ -251,7 +258,12 @@ pub async fn run(
         endings_woken,
         usize::from(context.timing.concurrency),
     ));
-    let sweeping = tokio::spawn(crate::sweep::run(context.clone(), signals.target_back));
+    let sweeping = tokio::spawn(crate::sweep::run(
+        context.clone(),
+        controller.store(),
+        proxies_listed,
+        signals.target_back,
+    ));
     let refreshing = tokio::spawn(refresh_copies(context.clone()));
     controller
         .reconcile_on(futures::stream::select_all([
