@@ -344,6 +344,9 @@ impl Target {
     }
 }
 
+/// Whether `store` has its first list, without waiting. Safe only while nothing awaits
+/// `wait_until_ready` on the same store: that future keeps one waker, and polling it here
+/// would replace another waiter's (see `sweep::run`).
 fn ready<K>(store: &Store<K>) -> bool
 where
     K: kube::Resource + Clone + 'static,
