@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{
     Context, Error, Proxy,
-    proxy::{Unless, publish, set_annotation_once},
+    proxy::{Once, Unless, publish, set_annotation_once},
     restart,
 };
 use crate::{
@@ -141,8 +141,8 @@ async fn decide(
                 Unless::SetOrDeleting,
             );
             match decided.await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Once::Written) => {}
+                Ok(Once::Refused(_)) => {
                     forget_in_flight(context, &name, &proxy.delegate_name);
                     return Ok(Err(Action::requeue(Duration::from_millis(100))));
                 }

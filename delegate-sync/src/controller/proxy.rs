@@ -102,8 +102,15 @@ pub enum Unless {
     SetOrDeleting,
 }
 
+/// What [`set_annotation_once`] did.
+pub enum Once {
+    Written,
+    /// Another write got there first; the proxy as read to tell so.
+    Refused(Box<Pod>),
+}
+
 /// Sets annotation `key` on `proxy` only if it is unset, on the same pod (uid) and, per
-/// `unless`, not being deleted: false when another write got there first (its next pass
+/// `unless`, not being deleted; refused when another write got there first (its next pass
 /// follows what that write says).
 ///
 /// The condition is on what matters (JSON Patch `test` operations), not on the whole version
@@ -116,10 +123,17 @@ pub async fn set_annotation_once(
     key: &str,
     value: &str,
     unless: Unless,
-) -> Result<bool, Error> {
+) -> Result<Once, Error> {
+    let live = || async { api.get(&proxy.name_any()).await.map_err(Error::Source) };
     if proxy.metadata.annotations.is_none() {
         // No map for a `test` to look into: the version read is the condition.
-        return patch_annotations_at(api, proxy, json!({ key: value })).await;
+        return Ok(
+            if patch_annotations_at(api, proxy, json!({ key: value })).await? {
+                Once::Written
+            } else {
+                Once::Refused(Box::new(live().await?))
+            },
+        );
     }
     let patch = once_patch(proxy.uid().unwrap_or_default(), key, value, unless)
         .map_err(|e| Error::Source(kube::Error::SerdeError(e)))?;
@@ -131,15 +145,15 @@ pub async fn set_annotation_once(
         )
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(Once::Written),
         // A failed `test` is a 422 with no detail, like a write the apiserver finds invalid:
         // the live proxy tells them apart.
         Err(e) if api_code(&e) == Some(422) => {
-            let live = api.get(&proxy.name_any()).await.map_err(Error::Source)?;
+            let live = live().await?;
             let deleting =
                 unless == Unless::SetOrDeleting && live.metadata.deletion_timestamp.is_some();
             if live.uid() != proxy.uid() || live.annotations().contains_key(key) || deleting {
-                Ok(false)
+                Ok(Once::Refused(Box::new(live)))
             } else {
                 Err(Error::Source(e))
             }

@@ -12,7 +12,7 @@ use kube::{
 
 use super::{
     Context, Error, Proxy,
-    proxy::{Unless, publish, set_annotation_once},
+    proxy::{Once, Unless, publish, set_annotation_once},
 };
 use crate::outcome;
 
@@ -28,15 +28,20 @@ pub async fn record(
     // A result is written once and never changed. The proxy cache can lag behind a result this
     // controller has just written (a delegate deleted by a stop wakes this proxy before its own
     // update arrives), so the result is written only where none is: checked by the apiserver
-    // on the cached proxy first (no read), else on the live one.
+    // on the cached proxy first (no read), else on the live one (read when refused).
     let cached = &proxy.pod;
-    if !cached.annotations().contains_key(RESULT)
-        && set_annotation_once(&proxy.api, cached, RESULT, &result.encode(), Unless::Set).await?
-    {
-        publish(context, cached, type_, reason, note).await;
-        return Ok(Action::await_change());
-    }
-    let live = proxy.live().await?;
+    let live = if cached.annotations().contains_key(RESULT) {
+        proxy.live().await?
+    } else {
+        match set_annotation_once(&proxy.api, cached, RESULT, &result.encode(), Unless::Set).await?
+        {
+            Once::Written => {
+                publish(context, cached, type_, reason, note).await;
+                return Ok(Action::await_change());
+            }
+            Once::Refused(live) => *live,
+        }
+    };
     record_over(&proxy.api, &live, context, result, type_, reason, note).await
 }
 
@@ -53,7 +58,9 @@ pub async fn record_over(
     if live.annotations().contains_key(RESULT) {
         return Ok(Action::await_change());
     }
-    if !set_annotation_once(api, live, RESULT, &result.encode(), Unless::Set).await? {
+    if let Once::Refused(_) =
+        set_annotation_once(api, live, RESULT, &result.encode(), Unless::Set).await?
+    {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
     publish(context, live, type_, reason, note).await;
