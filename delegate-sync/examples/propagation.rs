@@ -209,20 +209,14 @@ async fn floor(
     })
     .await?;
     let created_s = started.elapsed().as_secs_f64();
-    let deadline = started + Duration::from_secs(120 + count as u64 / 2);
-    loop {
-        let done = ended.lock().unwrap_or_else(|e| e.into_inner()).len();
-        if done >= count {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "floor of {count}: only {done} copies ended after {:?}",
-                started.elapsed()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_count(
+        count,
+        started,
+        started + Duration::from_secs(120 + count as u64 / 2),
+        || ended.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        |done| format!("floor of {count}: only {done} copies ended"),
+    )
+    .await?;
     let ended_s = started.elapsed().as_secs_f64();
     for watch in watches {
         watch.abort();
@@ -504,21 +498,19 @@ async fn burst(
         }
     })
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(120 + count as u64 / 2);
-    loop {
-        let done = seen.lock().unwrap_or_else(|e| e.into_inner()).result.len();
-        if done >= count {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{count} proxies: only {done} results after {:?}; see {}",
-                started.elapsed(),
+    common::wait_for_count(
+        count,
+        started,
+        Instant::now() + Duration::from_secs(120 + count as u64 / 2),
+        || seen.lock().unwrap_or_else(|e| e.into_inner()).result.len(),
+        |done| {
+            format!(
+                "{count} proxies: only {done} results; see {}",
                 work.join("delegate-sync.log").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+        },
+    )
+    .await?;
     let total = started.elapsed().as_secs_f64();
     let (rss_kib, cpu_after) = common::footprint(running.0.id())?;
     let after_burst = Profile::now(bed).await?;

@@ -361,6 +361,27 @@ pub async fn real_node_bench(
     })
 }
 
+/// Waits until `counted()` reaches `count`, looking every 100 ms until `deadline`; past it,
+/// fails with `shortfall(counted)` and the time since `started`.
+pub async fn wait_for_count(
+    count: usize,
+    started: Instant,
+    deadline: Instant,
+    counted: impl Fn() -> usize,
+    shortfall: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    loop {
+        let done = counted();
+        if done >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} after {:?}", shortfall(done), started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An apiserver's own metrics, in Prometheus text.
 pub async fn metrics_text(client: &Client) -> anyhow::Result<String> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
