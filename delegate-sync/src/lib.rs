@@ -10,9 +10,11 @@
 //! - [`needs`], [`copies`]: what a pod needs in its target (namespace, ServiceAccount,
 //!   ConfigMaps, Secrets), made there before its delegate.
 //! - [`logs`]: the delegates' logs, relayed into their proxies' containers.
-//! - [`quantity`]: Kubernetes quantities as exact integers.
+//! - [`quantity`]: Kubernetes quantities as exact integers; [`cached`]: what the caches keep of
+//!   proxies and delegates.
 
 pub mod args;
+pub mod cached;
 pub mod capacity;
 pub mod controller;
 pub mod copies;

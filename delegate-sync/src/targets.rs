@@ -41,6 +41,7 @@ pub struct Target {
     pub nodes: Store<Node>,
     /// What the target's pods use of each node (not the pods: see [`crate::capacity`]).
     pub pods: OccupancyCache,
+    /// Trimmed to what delegate-sync reads ([`crate::cached`]).
     pub delegates: Store<Pod>,
     reachability: Arc<Reachability>,
 }
@@ -241,7 +242,7 @@ impl Target {
                     Api::<Pod>::all(client.clone()),
                     watcher::Config::default().labels(&selector).page_size(100),
                 )
-                .modify(|delegate: &mut Pod| delegate.metadata.managed_fields = None),
+                .modify(crate::cached::trim_delegate),
             ),
             comebacks(),
         )

@@ -212,7 +212,7 @@ pub async fn run(
                 .labels(&format!("{PROXY_LABEL}=true"))
                 .page_size(100),
         )
-        .modify(|proxy: &mut Pod| proxy.metadata.managed_fields = None),
+        .modify(crate::cached::trim_proxy),
     )
     .inspect(move |event| {
         if matches!(event, Ok(watcher::Event::InitDone)) {
