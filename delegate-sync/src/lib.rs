@@ -21,6 +21,7 @@ pub mod copies;
 pub mod credentials;
 pub mod delegate;
 pub mod leader;
+pub mod listed;
 pub mod logs;
 pub mod metrics;
 pub mod needs;

@@ -7,16 +7,13 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use contract::{RESTARTS, RESULT, result::DelegateResult};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, ResourceExt as _,
-    api::ObjectMeta,
-    runtime::reflector::{ObjectRef, Store},
-};
-use tokio::sync::{Notify, watch};
+use kube::{Api, ResourceExt as _, api::ObjectMeta, runtime::reflector::Store};
+use tokio::sync::Notify;
 
 use crate::{
     controller::{CLUSTER_LOST, Context},
     delegate::PROXY_UID,
+    listed::Listed,
     targets::{Target, proxy_of},
 };
 
@@ -30,12 +27,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub async fn run(
     context: Arc<Context>,
     proxies: Store<Pod>,
-    mut listed: watch::Receiver<bool>,
+    mut listed: Listed,
     target_back: Arc<Notify>,
 ) {
-    // Not `Store::wait_until_ready`: its future keeps one waker, and the controller waits on
-    // this store too, so one of the two would never be woken.
-    if listed.wait_for(|listed| *listed).await.is_err() {
+    if !listed.wait().await {
         return; // The controller is gone.
     }
     loop {
@@ -83,13 +78,13 @@ async fn sweep(context: &Context, proxies: &Store<Pod>, target: &Target) {
         let Some(proxy_ref) = proxy_of(&delegate) else {
             continue;
         };
-        let namespace = proxy_ref.namespace.clone().unwrap_or_default();
-        let cached = proxies.get(&ObjectRef::new(&proxy_ref.name).within(&namespace));
+        let cached = proxies.get(&proxy_ref);
         if orphaned(&delegate, cached.as_deref().map(|p| &p.metadata)).is_none() {
             continue;
         }
         // The cache may lag (a proxy made since): only a fresh read decides.
-        let source: Api<Pod> = Api::namespaced(context.source.clone(), &namespace);
+        let namespace = proxy_ref.namespace.as_deref().unwrap_or_default();
+        let source: Api<Pod> = Api::namespaced(context.source.clone(), namespace);
         let proxy = match source.get_metadata_opt(&proxy_ref.name).await {
             Ok(proxy) => proxy,
             Err(e) => {

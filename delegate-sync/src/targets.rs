@@ -28,6 +28,7 @@ use crate::{
     args::TargetSpec,
     capacity::OccupancyCache,
     delegate::{DELEGATE_LABEL, PROXY_CLUSTER, PROXY_NAME, PROXY_NAMESPACE},
+    listed::{Listed, first_list},
     retry::{Comebacks, backoff_until_back},
 };
 
@@ -43,6 +44,8 @@ pub struct Target {
     pub pods: OccupancyCache,
     /// Trimmed to what delegate-sync reads ([`crate::cached`]).
     pub delegates: Store<Pod>,
+    nodes_listed: Listed,
+    delegates_listed: Listed,
     reachability: Arc<Reachability>,
 }
 
@@ -200,8 +203,10 @@ impl Target {
             }
         };
         let (nodes, nodes_writer) = reflector::store::<Node>();
+        let (nodes_seen, nodes_listed) = first_list();
         let pods = OccupancyCache::default();
         let (delegates, delegates_writer) = reflector::store::<Pod>();
+        let (delegates_seen, delegates_listed) = first_list();
         let name = spec.name.clone();
         let reachability = Arc::new(Reachability::default());
         let comebacks = || reachability.comebacks.subscribe();
@@ -212,7 +217,8 @@ impl Target {
                 nodes_writer,
                 watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
                     .modify(trim_node),
-            ),
+            )
+            .inspect(move |event| nodes_seen.see(event)),
             comebacks(),
             signals.room_freed.clone(),
             |event| matches!(event, watcher::Event::Apply(_) | watcher::Event::InitDone),
@@ -243,7 +249,8 @@ impl Target {
                     watcher::Config::default().labels(&selector).page_size(100),
                 )
                 .modify(crate::cached::trim_delegate),
-            ),
+            )
+            .inspect(move |event| delegates_seen.see(event)),
             comebacks(),
         )
         .touched_objects()
@@ -288,6 +295,8 @@ impl Target {
                 nodes,
                 pods,
                 delegates,
+                nodes_listed,
+                delegates_listed,
                 reachability,
             },
             delegate_events,
@@ -296,7 +305,7 @@ impl Target {
 
     /// True once every cache holds a full listing (a store is ready after its first list).
     pub fn synced(&self) -> bool {
-        ready(&self.nodes) && self.pods.ready() && ready(&self.delegates)
+        self.nodes_listed.now() && self.pods.ready() && self.delegates_listed.now()
     }
 
     /// How long the target has not answered; None while it answers.
@@ -343,17 +352,6 @@ impl Target {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Whether `store` has its first list, without waiting. Safe only while nothing awaits
-/// `wait_until_ready` on the same store: that future keeps one waker, and polling it here
-/// would replace another waiter's (see `sweep::run`).
-fn ready<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 
 /// The proxy a delegate points back to.

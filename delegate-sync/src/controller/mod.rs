@@ -203,7 +203,7 @@ pub async fn run(
     let metrics = context.metrics.clone();
     let (store, writer) = reflector::store();
     // The orphan sweep reads this cache once its first list is in.
-    let (listed_tx, proxies_listed) = tokio::sync::watch::channel(false);
+    let (proxies_seen, proxies_listed) = crate::listed::first_list();
     let proxy_changes = reflector::reflector(
         writer,
         watcher(
@@ -214,11 +214,7 @@ pub async fn run(
         )
         .modify(crate::cached::trim_proxy),
     )
-    .inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            listed_tx.send_replace(true);
-        }
-    })
+    .inspect(move |event| proxies_seen.see(event))
     .default_backoff()
     .applied_objects();
     // Bounded: every reconciliation in flight may hold a connection to an apiserver, and a
