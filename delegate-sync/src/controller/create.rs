@@ -112,7 +112,7 @@ async fn create(
         Err(action) => return Ok(action),
     };
     let delegates: Api<Pod> = Api::namespaced(target.client.clone(), proxy.namespace());
-    match bounded(delegates.create(&PostParams::default(), &delegate)).await {
+    let created_now = match bounded(delegates.create(&PostParams::default(), &delegate)).await {
         // At once, before the delegate's executor can write a result its cluster would collect.
         Ok(created) => {
             if let Some(step) = step {
@@ -122,8 +122,11 @@ async fn create(
             if let Err(e) = copies::adopt(target, &created, &made).await {
                 tracing::warn!(target = %target.name, delegate = %delegate_name, "copies not adopted yet: {e}");
             }
+            true
         }
-        Err(e) if api_code(&e) == Some(409) => {}
+        // Created by an earlier pass that did not get to record its name: recorded below, and
+        // neither said nor timed twice.
+        Err(e) if api_code(&e) == Some(409) => false,
         Err(kube::Error::Api(status)) if status.code == 401 => {
             let note = format!(
                 "cannot create delegate {delegate_name} in {}: the apiserver refuses delegate-sync's credentials ({})",
@@ -155,13 +158,16 @@ async fn create(
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
         Err(source) => return Err(Error::on(target)(source)),
-    }
+    };
     patch_annotations(
         &proxy.api,
         &proxy.pod,
         json!({ DELEGATE_NAME: delegate_name }),
     )
     .await?;
+    if !created_now {
+        return Ok(Action::requeue(RESYNC));
+    }
     if let Some(created) = &proxy.pod.metadata.creation_timestamp {
         context
             .metrics
