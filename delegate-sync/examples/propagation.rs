@@ -323,7 +323,7 @@ async fn release_proxies(proxies: &Api<Pod>, count: usize) -> anyhow::Result<()>
 
 /// Where the machine's time and the apiservers' requests went, read at one moment.
 struct Profile {
-    cpu: BTreeMap<String, f64>,
+    cpu: e2e::testbed::cpu::Reading,
     /// Per cluster, the requests served so far.
     requests: Vec<(&'static str, BTreeMap<String, f64>)>,
     /// The source's histogram of the benchmark webhook's admission latency so far.
@@ -342,7 +342,7 @@ impl Profile {
             }
         }
         Ok(Self {
-            cpu: e2e::testbed::cpu::by_program(),
+            cpu: e2e::testbed::cpu::read(),
             requests,
             admissions,
             at: Instant::now(),

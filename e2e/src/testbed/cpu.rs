@@ -3,19 +3,32 @@
 
 use std::collections::BTreeMap;
 
-/// CPU seconds each program on this machine has used so far, by name; a test bed's processes
-/// also by cluster (`kube-apiserver cluster1`), found in their command lines.
-pub fn by_program() -> BTreeMap<String, f64> {
+/// The CPU time every process on this machine had used at one moment, by pid.
+#[derive(Clone, Debug, Default)]
+pub struct Reading(BTreeMap<u32, Process>);
+
+#[derive(Clone, Debug, PartialEq)]
+struct Process {
+    program: String,
+    seconds: f64,
+}
+
+/// Reads every process's CPU time so far; a test bed's processes are named with their cluster
+/// (`kube-apiserver cluster1`), found in their command lines.
+pub fn read() -> Reading {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut programs = BTreeMap::new();
+    let mut processes = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return programs;
+        return Reading(processes);
     };
     for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue; // Not a process.
+        };
         let dir = entry.path();
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue; // Not a process, or gone since.
+            continue; // Gone since.
         };
         let Some((name, ticks)) = name_and_ticks(&stat) else {
             continue;
@@ -23,11 +36,45 @@ pub fn by_program() -> BTreeMap<String, f64> {
         let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
         let program = match cluster_in(&String::from_utf8_lossy(&cmdline)) {
             Some(cluster) => format!("{name} {cluster}"),
-            None => name,
+            None => program_of(name),
         };
-        *programs.entry(program).or_insert(0.0) += ticks as f64 / per_second;
+        let seconds = ticks as f64 / per_second;
+        processes.insert(pid, Process { program, seconds });
     }
-    programs
+    Reading(processes)
+}
+
+/// A kernel worker is named after the work it does at the moment (`kworker/u8:1-writeback`):
+/// all are one program.
+fn program_of(name: String) -> String {
+    if name.starts_with("kworker/") {
+        "kworker".into()
+    } else {
+        name
+    }
+}
+
+/// What each program used between two readings, largest first; programs that used less than
+/// 10 ms are left out. Processes are matched by pid, so one renamed in between is not counted
+/// again from its start; one started in between counts whole, one that ended in between is
+/// not seen.
+pub fn used(before: &Reading, after: &Reading) -> Vec<(String, f64)> {
+    let mut by_program = BTreeMap::<&str, f64>::new();
+    for (pid, process) in &after.0 {
+        let earlier = match before.0.get(pid) {
+            // A smaller time is another process that took the same pid.
+            Some(then) if then.seconds <= process.seconds => then.seconds,
+            _ => 0.0,
+        };
+        *by_program.entry(&process.program).or_default() += process.seconds - earlier;
+    }
+    let mut used: Vec<(String, f64)> = by_program
+        .into_iter()
+        .filter(|(_, t)| *t >= 0.01)
+        .map(|(program, t)| (program.to_string(), t))
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    used
 }
 
 /// A process's name and its user and system clock ticks, from its `/proc/PID/stat`.
@@ -51,23 +98,6 @@ fn cluster_in(cmdline: &str) -> Option<&str> {
         .then_some(cluster)
 }
 
-/// What each program used between two [`by_program`] readings, largest first; programs
-/// that used less than 10 ms are left out.
-pub fn used(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
-    let mut used: Vec<(String, f64)> = after
-        .iter()
-        .map(|(program, t)| {
-            (
-                program.clone(),
-                t - before.get(program).copied().unwrap_or(0.0),
-            )
-        })
-        .filter(|(_, t)| *t >= 0.01)
-        .collect();
-    used.sort_by(|a, b| b.1.total_cmp(&a.1));
-    used
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -89,5 +119,59 @@ mod tests {
             None
         );
         assert_eq!(super::cluster_in("sleep\x00100"), None);
+    }
+
+    fn reading(processes: &[(u32, &str, f64)]) -> super::Reading {
+        super::Reading(
+            processes
+                .iter()
+                .map(|(pid, program, seconds)| {
+                    let program = super::program_of(program.to_string());
+                    (
+                        *pid,
+                        super::Process {
+                            program,
+                            seconds: *seconds,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn use_is_counted_by_process_and_summed_by_program() {
+        let before = reading(&[
+            (1, "kworker/u8:1-writeback", 100.0),
+            (2, "etcd", 50.0),
+            (3, "etcd", 10.0),
+            (4, "sleep", 30.0),
+        ]);
+        let after = reading(&[
+            // Renamed by its work item: 1 s, not 101.
+            (1, "kworker/u8:1-events_unbound", 101.0),
+            (2, "etcd", 52.0),
+            (3, "etcd", 10.5),
+            // Pid 4 taken by a new process: counted whole.
+            (4, "kwok", 0.25),
+            // Started in between: counted whole.
+            (5, "propagation", 3.0),
+        ]);
+        let used = super::used(&before, &after);
+        assert_eq!(
+            used,
+            [
+                ("propagation".to_string(), 3.0),
+                ("etcd".to_string(), 2.5),
+                ("kworker".to_string(), 1.0),
+                ("kwok".to_string(), 0.25),
+            ]
+        );
+    }
+
+    #[test]
+    fn this_process_is_read() {
+        let reading = super::read();
+        assert!(reading.0.contains_key(&std::process::id()));
     }
 }
