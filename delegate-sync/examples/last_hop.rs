@@ -42,9 +42,14 @@ struct Args {
     round: usize,
 }
 
+const USAGE: &str = "last-hop: how fast a proxy on a real node learns its delegate's result, by the downward API and by exec.
+
+  --pods N   proxies per way (default 100)
+  --round N  proxies created at once (default 20)";
+
 fn args() -> anyhow::Result<Args> {
     let (mut pods, mut round) = (100, 20);
-    let paths = common::parse_args("last-hop", |flag, value| {
+    let paths = common::parse_args("last-hop", USAGE, |flag, value| {
         match flag {
             "--pods" => pods = value.parse().context("--pods: a number")?,
             "--round" => round = value.parse().context("--round: a number")?,

@@ -43,9 +43,14 @@ struct Args {
     streams: usize,
 }
 
+const USAGE: &str = "log-relay: the log relay's throughput and latency between real nodes.
+
+  --pods N     pods writing a numbered line every 100 ms, for latency (default 20)
+  --streams N  pods writing 2 MB each at once (default 50)";
+
 fn args() -> anyhow::Result<Args> {
     let (mut pods, mut streams) = (20, 50);
-    let paths = common::parse_args("log-relay", |flag, value| {
+    let paths = common::parse_args("log-relay", USAGE, |flag, value| {
         match flag {
             "--pods" => pods = value.parse().context("--pods: a number")?,
             "--streams" => streams = value.parse().context("--streams: a number")?,

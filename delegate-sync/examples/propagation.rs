@@ -54,11 +54,17 @@ struct Args {
 /// The burst that runs beside the targets' unrelated pods.
 const UNRELATED_BURST: usize = 100;
 
+const USAGE: &str = "propagation: how fast delegate-sync delegates bursts of proxies, against the floor of the same run.
+
+  --counts N,N,...  the bursts, in proxies (default 1,100,1000)
+  --unrelated N     the targets' own pods created before a last burst of 100 (default 0)
+  --webhook FILE    the webhook binary: bursts are then created as elected pods it makes proxies";
+
 fn args() -> anyhow::Result<Args> {
     let mut counts = vec![1, 100, 1000];
     let mut unrelated = 0;
     let mut webhook = None;
-    let paths = common::parse_args("propagation", |flag, value| {
+    let paths = common::parse_args("propagation", USAGE, |flag, value| {
         match flag {
             "--counts" => {
                 counts = value

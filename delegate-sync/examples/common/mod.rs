@@ -102,16 +102,30 @@ pub async fn start_delegate_sync(
         ])
         .stdout(Stdio::null())
         .stderr(log);
+    let within = Duration::from_secs(60);
+    spawn_until_ready(command, "delegate-sync", admin, &log_path, within).await
+}
+
+/// Starts `command` and waits until its admin port says ready; its log is at `log_path`.
+async fn spawn_until_ready(
+    mut command: Command,
+    what: &str,
+    admin: u16,
+    log_path: &Path,
+    within: Duration,
+) -> anyhow::Result<Running> {
+    let program = command.get_program().to_owned();
     let running = Running(
         command
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?,
+            .with_context(|| format!("cannot start {}", program.to_string_lossy()))?,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     while !ready(admin).await {
         if Instant::now() > deadline {
             bail!(
-                "delegate-sync not ready in 60 s; see {}",
+                "{what} not ready in {} s; see {}",
+                within.as_secs(),
                 log_path.display()
             );
         }
@@ -292,9 +306,11 @@ pub struct Paths {
 
 /// The flags every benchmark takes (`--testbed-dir`, `--delegate-sync`, `--out`, defaults for
 /// `make bench`, the report `target/bench/<report>.json`); `own` takes the benchmark's own
-/// flags and says whether it knew the flag.
+/// flags and says whether it knew the flag. `--help` prints `usage` (the benchmark's own flags)
+/// and these.
 pub fn parse_args(
     report: &str,
+    usage: &str,
     mut own: impl FnMut(&str, &str) -> anyhow::Result<bool>,
 ) -> anyhow::Result<Paths> {
     let target = e2e::testbed::workspace_target_dir();
@@ -305,6 +321,15 @@ pub fn parse_args(
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "{usage}\n\nFlags of every benchmark:\n  --testbed-dir DIR     the running test bed (default {})\n  --delegate-sync FILE  the binary to measure (default {})\n  --out FILE            the JSON report (default {})",
+                paths.testbed_dir.display(),
+                paths.delegate_sync.display(),
+                paths.out.display()
+            );
+            std::process::exit(0);
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--testbed-dir" => paths.testbed_dir = value.into(),
@@ -481,34 +506,26 @@ pub async fn start_webhook(
     std::fs::write(&key_file, key)?;
     let (port, admin) = (free_port()?, free_port()?);
     let log_path = work.join("webhook.log");
-    let running = Running(
-        Command::new(binary)
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &port.to_string(),
-            ])
-            .arg("--tls-cert-file")
-            .arg(work.join("tls.crt"))
-            .arg("--tls-private-key-file")
-            .arg(work.join("tls.key"))
-            .arg("--manifest-key-file")
-            .arg(&key_file)
-            .args(["--admin-address", &format!("127.0.0.1:{admin}")])
-            .args(["--log-level", "warn"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready(admin).await {
-        if Instant::now() > deadline {
-            bail!("webhook not ready in 30 s; see {}", log_path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--secure-port",
+            &port.to_string(),
+        ])
+        .arg("--tls-cert-file")
+        .arg(work.join("tls.crt"))
+        .arg("--tls-private-key-file")
+        .arg(work.join("tls.key"))
+        .arg("--manifest-key-file")
+        .arg(&key_file)
+        .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+        .args(["--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?);
+    let within = Duration::from_secs(30);
+    let running = spawn_until_ready(command, "webhook", admin, &log_path, within).await?;
     register_webhook(source, port, &ca.pem().cert).await?;
     Ok(running)
 }
