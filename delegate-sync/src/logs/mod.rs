@@ -103,6 +103,19 @@ impl Entry {
     }
 }
 
+/// Wakes one proxy's reconciliation: a relay or a probe that held its result no longer does.
+#[derive(Clone)]
+pub struct Wake {
+    to: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    proxy: ObjectRef<Pod>,
+}
+
+impl Wake {
+    pub fn send(&self) {
+        let _ = self.to.send(self.proxy.clone());
+    }
+}
+
 /// Whether an ended delegate container wrote anything: `NeedsRelay` if so (or if the target
 /// does not answer), `Done` if not, or if the target refuses its log (a node without a
 /// kubelet to read it from: a relay could not read it either).
@@ -112,8 +125,7 @@ async fn probe(
     delegate: String,
     container: String,
     state: Arc<Mutex<State>>,
-    wake: mpsc::UnboundedSender<ObjectRef<Pod>>,
-    proxy: ObjectRef<Pod>,
+    wake: Wake,
 ) {
     let params = kube::api::LogParams {
         container: Some(container),
@@ -133,7 +145,7 @@ async fn probe(
             State::NeedsRelay
         };
     }
-    let _ = wake.send(proxy);
+    wake.send();
 }
 
 impl Drop for Entry {
@@ -166,6 +178,13 @@ impl Relays {
             metrics,
         };
         (relays, wake_rx)
+    }
+
+    fn wake(&self, proxy: &Pod) -> Wake {
+        Wake {
+            to: self.wake.clone(),
+            proxy: ObjectRef::from_obj(proxy),
+        }
     }
 
     fn wanted(&self, proxy: &Pod) -> bool {
@@ -215,8 +234,7 @@ impl Relays {
                         delegate.name_any(),
                         container.clone(),
                         state.clone(),
-                        self.wake.clone(),
-                        ObjectRef::from_obj(&**proxy),
+                        self.wake(proxy),
                     ));
                     entries.insert(key, Entry { state, task });
                 }
@@ -238,6 +256,7 @@ impl Relays {
                 limit,
                 relayed: self.metrics.log_relayed_bytes.clone(),
                 state: state.clone(),
+                wake: self.wake(proxy),
             };
             let task = tokio::spawn(self.task(job, proxy.clone(), state.clone(), delegate_ended));
             entries.insert(key, Entry { state, task });
@@ -300,7 +319,6 @@ impl Relays {
         let live = self.live.clone();
         let ended = self.ended.clone();
         let max_streams = self.max_streams;
-        let wake = self.wake.clone();
         let events = self.events.clone();
         let streams = self.metrics.log_streams.clone();
         async move {
@@ -352,7 +370,7 @@ impl Relays {
             if let Ok(mut state) = state.lock() {
                 *state = State::Done(outcome);
             }
-            let _ = wake.send(ObjectRef::from_obj(&*proxy));
+            job.wake.send();
         }
     }
 }

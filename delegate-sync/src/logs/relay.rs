@@ -59,6 +59,8 @@ pub struct Job {
     pub relayed: prometheus_client::metrics::counter::Counter,
     /// Where the relay is, for the controller.
     pub state: std::sync::Arc<std::sync::Mutex<super::State>>,
+    /// Wakes the proxy when the relay stops holding its result.
+    pub wake: super::Wake,
 }
 
 /// How one pass ended.
@@ -142,6 +144,8 @@ pub async fn run(job: &Job) -> Outcome {
             Pass::Again(why) => {
                 if job.state.lock().is_ok_and(|s| *s == super::State::Trying) {
                     job.set_state(super::State::Retrying);
+                    // A proxy whose delegate ended meanwhile waits for this relay no more.
+                    job.wake.send();
                 }
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
                 tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: {why}; again in {wait:?}");
