@@ -87,12 +87,15 @@ impl Job {
             .filter(|d| d.metadata.uid.as_deref() == Some(&self.delegate_uid))
     }
 
+    /// Whether the delegate will not run again (or is gone), from the cache.
+    fn delegate_ended(&self) -> bool {
+        self.delegate_now()
+            .is_none_or(|d| outcome::result_of(&d).is_some())
+    }
+
     /// Polls the target's cache until the delegate will not run again (or is gone).
     pub async fn until_pod_ended(&self) {
-        while self
-            .delegate_now()
-            .is_some_and(|d| outcome::result_of(&d).is_none())
-        {
+        while !self.delegate_ended() {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
@@ -134,6 +137,7 @@ pub async fn run(job: &Job) -> Outcome {
     let mut failures = 0;
     let mut refusals = 0;
     loop {
+        let refused_before = refusals;
         match pass(job, &mut refusals).await {
             Pass::Done(outcome) => return outcome,
             Pass::Again(why) if refusals >= REFUSALS => {
@@ -144,8 +148,12 @@ pub async fn run(job: &Job) -> Outcome {
             Pass::Again(why) => {
                 if job.state.lock().is_ok_and(|s| *s == super::State::Trying) {
                     job.set_state(super::State::Retrying);
-                    // A proxy whose delegate ended meanwhile waits for this relay no more.
-                    job.wake.send();
+                    // Refused (a node that cannot exec, say): a proxy whose delegate ended
+                    // waits for this relay no more. A passing failure (a 429, a cut stream)
+                    // wakes nobody: the retry may connect and hold the result again.
+                    if refusals > refused_before && job.delegate_ended() {
+                        job.wake.send();
+                    }
                 }
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
                 tracing::debug!(proxy = %job.proxy, container = %job.container, "log relay: {why}; again in {wait:?}");
