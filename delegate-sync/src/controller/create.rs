@@ -124,8 +124,8 @@ async fn create(
             }
             true
         }
-        // Created by an earlier pass that did not get to record its name: recorded below, and
-        // neither said nor timed twice.
+        // Made by an earlier pass: recorded and said below unless that pass did (this one saw
+        // a cache behind its writes).
         Err(e) if api_code(&e) == Some(409) => false,
         Err(kube::Error::Api(status)) if status.code == 401 => {
             let note = format!(
@@ -159,15 +159,15 @@ async fn create(
         }
         Err(source) => return Err(Error::on(target)(source)),
     };
+    if !created_now && proxy.live().await?.annotations().get(DELEGATE_NAME) == Some(delegate_name) {
+        return Ok(Action::requeue(RESYNC));
+    }
     patch_annotations(
         &proxy.api,
         &proxy.pod,
         json!({ DELEGATE_NAME: delegate_name }),
     )
     .await?;
-    if !created_now {
-        return Ok(Action::requeue(RESYNC));
-    }
     if let Some(created) = &proxy.pod.metadata.creation_timestamp {
         context
             .metrics
