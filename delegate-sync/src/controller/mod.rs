@@ -36,7 +36,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use contract::{PROXY_LABEL, RESULT, TARGET_CLUSTER, manifest::ManifestKey};
+use contract::{DELEGATE_NAME, PROXY_LABEL, RESULT, TARGET_CLUSTER, manifest::ManifestKey};
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
@@ -204,6 +204,12 @@ pub async fn run(
     let (store, writer) = reflector::store();
     // The orphan sweep reads this cache once its first list is in.
     let (proxies_seen, proxies_listed) = crate::listed::first_list();
+    // Every change of a delegate, the end of its log relays, and a change of a proxy that
+    // waits for its delegate's result (its container started, which a result held for the log
+    // relay waits for) wakes the proxy in the queue and also in the endings lane, which takes
+    // it only if the delegate ended. A full lane drops the wake-up: the queue has it.
+    let (to_endings, endings_woken) = tokio::sync::mpsc::channel(ENDINGS_BACKLOG);
+    let proxy_to_endings = to_endings.clone();
     let proxy_changes = reflector::reflector(
         writer,
         watcher(
@@ -216,7 +222,14 @@ pub async fn run(
     )
     .inspect(move |event| proxies_seen.see(event))
     .default_backoff()
-    .applied_objects();
+    .applied_objects()
+    .inspect(move |proxy| {
+        if let Ok(proxy) = proxy
+            && awaits_result(proxy)
+        {
+            drop(proxy_to_endings.try_send(ObjectRef::from_obj(proxy)));
+        }
+    });
     // Bounded: every reconciliation in flight may hold a connection to an apiserver, and a
     // burst of a thousand proxies must not open a thousand TLS connections.
     let controller = Controller::for_stream(proxy_changes, store).with_config(
@@ -230,10 +243,6 @@ pub async fn run(
         proxy.metadata.deletion_timestamp.is_some()
             || (annotations.contains_key(TARGET_CLUSTER) && !annotations.contains_key(RESULT))
     });
-    // Every change of a delegate, and the end of its log relays, wakes its proxy in the queue
-    // and also in the endings lane, which takes it only if the delegate ended. A full lane
-    // drops the wake-up: the queue has it.
-    let (to_endings, endings_woken) = tokio::sync::mpsc::channel(ENDINGS_BACKLOG);
     let also_to_endings = |wakes: futures::stream::BoxStream<'static, ObjectRef<Pod>>| {
         let to_endings = to_endings.clone();
         wakes
@@ -295,6 +304,14 @@ pub async fn run(
 
 /// Wake-ups the endings lane holds before it drops them.
 const ENDINGS_BACKLOG: usize = 4096;
+
+/// A proxy whose delegate was created and whose result is not written, not being deleted.
+fn awaits_result(proxy: &Pod) -> bool {
+    let annotations = proxy.annotations();
+    proxy.metadata.deletion_timestamp.is_none()
+        && annotations.contains_key(DELEGATE_NAME)
+        && !annotations.contains_key(RESULT)
+}
 
 /// Keeps what was made in targets current ([`crate::copies::refresh`]), while leading.
 async fn refresh_copies(context: Arc<Context>) {
