@@ -187,6 +187,15 @@ mod tests {
 
     /// A delegate with every kind of field delegate-sync reads, and many it does not.
     fn rich_pod(phase: &str) -> Pod {
+        let mut volumes = needs::volumes_of_every_kind();
+        if let Some(list) = volumes.as_array_mut() {
+            list.push(
+                json!({ "name": "kube-api-access", "projected": { "sources": [
+                { "serviceAccountToken": { "path": "token" } },
+                { "configMap": { "name": "kube-root-ca.crt" } },
+            ] } }),
+            );
+        }
         serde_json::from_value(json!({
             "metadata": {
                 "name": "d", "namespace": "ns", "uid": "u", "resourceVersion": "7",
@@ -199,21 +208,7 @@ mod tests {
                 "overhead": { "cpu": "50m" },
                 "imagePullSecrets": [{ "name": "registry" }],
                 "tolerations": [{ "operator": "Exists" }],
-                "volumes": [
-                    { "name": "a", "configMap": { "name": "settings", "items": [{ "key": "k", "path": "p" }] } },
-                    { "name": "b", "secret": { "secretName": "tls", "optional": true } },
-                    { "name": "c", "projected": { "sources": [
-                        { "configMap": { "name": "extra", "optional": true } },
-                        { "secret": { "name": "token" } },
-                        { "serviceAccountToken": { "path": "t" } },
-                        { "configMap": { "name": "kube-root-ca.crt" } },
-                    ] } },
-                    { "name": "kube-api-access", "projected": { "sources": [
-                        { "serviceAccountToken": { "path": "token" } },
-                        { "configMap": { "name": "kube-root-ca.crt" } },
-                    ] } },
-                    { "name": "d", "emptyDir": {} },
-                ],
+                "volumes": volumes,
                 "initContainers": [
                     { "name": "setup", "image": "i", "resources": { "requests": { "cpu": "2" } },
                       "envFrom": [{ "secretRef": { "name": "init-env" } }] },
@@ -224,12 +219,7 @@ mod tests {
                     "name": "main", "image": "busybox", "command": ["sh", "-c", "true"],
                     "resources": { "requests": { "cpu": "500m" }, "limits": { "memory": "2Gi" } },
                     "envFrom": [{ "configMapRef": { "name": "env", "optional": true } }],
-                    "env": [
-                        { "name": "X", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "x", "optional": true } } },
-                        { "name": "Y", "valueFrom": { "secretKeyRef": { "name": "tls", "key": "y" } } },
-                        { "name": "Z", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                        { "name": "W", "value": "plain" },
-                    ],
+                    "env": needs::env_of_every_kind(),
                     "volumeMounts": [{ "name": "a", "mountPath": "/a" }],
                 }, { "name": "second", "image": "busybox" }],
                 "ephemeralContainers": [{ "name": "debug", "envFrom": [{ "secretRef": { "name": "debug-env" } }] }],

@@ -105,6 +105,35 @@ impl Needs {
     }
 }
 
+/// Variables of each kind a container takes from a ConfigMap or a Secret (and two it does not),
+/// for the same tests as [`volumes_of_every_kind`].
+#[cfg(test)]
+pub(crate) fn env_of_every_kind() -> Value {
+    serde_json::json!([
+        { "name": "X", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "x", "optional": true } } },
+        { "name": "Y", "valueFrom": { "secretKeyRef": { "name": "tls", "key": "y" } } },
+        { "name": "Z", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+        { "name": "W", "value": "plain" },
+    ])
+}
+
+/// A volume of each kind that references ConfigMaps and Secrets (and one that does not), for
+/// the tests of what a pod needs and of what a cache keeps of it.
+#[cfg(test)]
+pub(crate) fn volumes_of_every_kind() -> Value {
+    serde_json::json!([
+        { "name": "a", "configMap": { "name": "settings", "items": [{ "key": "k", "path": "p" }] } },
+        { "name": "b", "secret": { "secretName": "tls", "optional": true } },
+        { "name": "c", "projected": { "sources": [
+            { "configMap": { "name": "extra", "optional": true } },
+            { "secret": { "name": "token" } },
+            { "serviceAccountToken": { "path": "t" } },
+            { "configMap": { "name": "kube-root-ca.crt" } },
+        ] } },
+        { "name": "d", "emptyDir": {} },
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,27 +144,12 @@ mod tests {
         let pod = json!({ "spec": {
             "serviceAccountName": "builder",
             "imagePullSecrets": [{ "name": "registry" }],
-            "volumes": [
-                { "name": "a", "configMap": { "name": "settings" } },
-                { "name": "b", "secret": { "secretName": "tls", "optional": true } },
-                { "name": "c", "projected": { "sources": [
-                    { "configMap": { "name": "extra", "optional": true } },
-                    { "secret": { "name": "token" } },
-                    { "serviceAccountToken": { "path": "t" } },
-                    { "configMap": { "name": "kube-root-ca.crt" } },
-                ] } },
-                { "name": "d", "emptyDir": {} },
-            ],
+            "volumes": volumes_of_every_kind(),
             "initContainers": [{ "name": "i", "envFrom": [{ "secretRef": { "name": "init-env" } }] }],
             "containers": [{
                 "name": "main",
                 "envFrom": [{ "configMapRef": { "name": "env", "optional": true } }],
-                "env": [
-                    { "name": "X", "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "x", "optional": true } } },
-                    { "name": "Y", "valueFrom": { "secretKeyRef": { "name": "tls", "key": "y" } } },
-                    { "name": "Z", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                    { "name": "W", "value": "plain" },
-                ],
+                "env": env_of_every_kind(),
             }],
         } });
         let needs = of(&pod);
